@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make demo` (main job on the bundled sample) and
+# `make test` (lint, types, defs check, the whole test suite). Both create .venv/ when needed.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The pure modules are type-checked; Dagster wiring is covered by tests.
+MYPY_TARGETS := llm_assets/lake llm_assets/ingestion llm_assets/audit.py llm_assets/schemas.py llm_assets/paths.py
+
+.PHONY: demo test ui install lint clean-state
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/llm-assets demo
+
+ui: $(STAMP)
+	$(BIN)/llm-assets ui
+
+lint: $(STAMP)
+	$(BIN)/ruff check llm_assets llm_assets_tests benchmarks scripts
+	$(BIN)/ruff format --check llm_assets llm_assets_tests benchmarks scripts
+	$(BIN)/mypy $(MYPY_TARGETS)
+	$(BIN)/dg check defs
+
+test: lint
+	$(BIN)/python -m pytest
+
+# Forget every run and every lake object of the embedded default (the sample corpus stays in the package).
+clean-state:
+	rm -rf .dagster_home .lake
