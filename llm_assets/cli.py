@@ -1,0 +1,195 @@
+"""`llm-assets`: the command line of the platform. Thin: it calls the pure modules and the Dagster wiring.
+
+Errors are one line naming the file/record and what to do, with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from llm_assets.paths import project_home, sample_corpus_dir
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(click.ClickException):
+    """A problem the user can fix; printed as one line."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def one_line_errors(func: F) -> F:
+    """Turn the platform's own errors into one-line messages instead of tracebacks."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from llm_assets.ingestion.descriptor import IngestError
+        from llm_assets.lake import LakeError
+
+        try:
+            return func(*args, **kwargs)
+        except (LakeError, IngestError, ValueError) as exc:
+            raise UserError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _lake_storage():  # type: ignore[no-untyped-def]
+    from llm_assets.definitions import lake_resource_from_env
+
+    return lake_resource_from_env().storage()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llm_assets")
+def main() -> None:
+    """llm_assets: build, evaluate, serve and trace your own LLM as Dagster assets.
+
+    With no configuration everything runs embedded: a SQLite Dagster instance in .dagster_home/,
+    a local lake in .lake/, CPU only. Set LLM_ASSETS_LAKE=s3 (and LLM_ASSETS_S3_*) for an S3 lake.
+    """
+
+
+def _print_runs(runs: list[Any]) -> None:
+    click.echo("")
+    click.echo("Materialized:")
+    for run in runs:
+        state = "ok" if run.success else "FAILED"
+        click.echo(f"  source {run.partition:<16} run {run.run_id[:8]}  {state}")
+        for mat in run.materialized:
+            rows = f"{mat.rows} rows" if mat.rows is not None else ""
+            version = f"data version {mat.data_version[:12]}" if mat.data_version else ""
+            click.echo(f"    {mat.asset:<28} {rows:<14} {version}")
+        for check in run.checks:
+            click.echo(f"    check {check.asset}:{check.check:<20} {'passed' if check.passed else 'FAILED'}")
+        if run.error:
+            click.echo(f"    error: {run.error}")
+
+
+def _run_pipeline(sources: list[str] | None) -> list[Any]:
+    import dagster as dg
+
+    from llm_assets.definitions import defs
+    from llm_assets.defs.launch import register_landed_sources, run_corpus_pipeline
+    from llm_assets.instance import ensure_dagster_home
+
+    ensure_dagster_home()
+    storage = _lake_storage()
+    with dg.DagsterInstance.get() as instance:
+        valid, problems = register_landed_sources(instance, storage)
+        for problem in problems:
+            click.echo(f"skipped landing source {problem}", err=True)
+        targets = valid if sources is None else [s for s in sources if s in valid]
+        if not targets:
+            raise UserError(f"no valid source under {storage.uri('landing/')}: stage one with `llm-assets ingest`")
+        return run_corpus_pipeline(defs, instance, targets, log=click.echo)
+
+
+@main.command()
+@one_line_errors
+def demo() -> None:
+    """Run the main job on the bundled multilingual sample corpus and print what was built."""
+    from llm_assets.audit import AuditLog
+    from llm_assets.ingestion.landing import stage_source_folder
+
+    started = time.monotonic()
+    storage = _lake_storage()
+    sample = sample_corpus_dir()
+    names = [
+        stage_source_folder(storage, folder)
+        for folder in sorted(p for p in sample.iterdir() if p.is_dir() and (p / "source.yaml").is_file())
+    ]
+    click.echo(f"Staged {len(names)} sample sources into {storage.uri('landing/')}: {', '.join(names)}")
+    runs = _run_pipeline(names)
+    _print_runs(runs)
+    verification = AuditLog(storage).verify()
+    click.echo("")
+    click.echo(f"Audit trail: {verification.records} records, {'intact' if verification.ok else 'BROKEN'}")
+    click.echo(f"Lake:        {storage.uri('')}")
+    click.echo(f"Instance:    {os.environ.get('DAGSTER_HOME')}")
+    click.echo(f"Finished in {time.monotonic() - started:.1f} s.")
+    click.echo("Open the Dagster UI with `make ui` (or `.venv/bin/llm-assets ui`) at http://127.0.0.1:3000")
+    if not all(run.success for run in runs) or not verification.ok:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", help="Source name (default: the descriptor's name).")
+@click.option("--stage-only", is_flag=True, help="Only copy into landing/; the sensor or a later run ingests it.")
+@one_line_errors
+def ingest(folder: Path, name: str | None, stage_only: bool) -> None:
+    """Stage FOLDER (a source folder with a source.yaml) into the lake's landing area and ingest it."""
+    from llm_assets.ingestion.landing import stage_source_folder
+
+    storage = _lake_storage()
+    source = stage_source_folder(storage, folder, name)
+    click.echo(f"Staged {folder} as source '{source}' in {storage.uri('landing/' + source + '/')}")
+    if stage_only:
+        return
+    runs = _run_pipeline([source])
+    _print_runs(runs)
+    if not all(run.success for run in runs):
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the web UI on 127.0.0.1.")
+def ui(port: int) -> None:
+    """Start `dagster dev` (web UI + daemon) on 127.0.0.1 against the same instance as the CLI."""
+    from llm_assets.instance import ensure_dagster_home
+
+    ensure_dagster_home()
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    workspace = project_home() / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.is_file() else ["-m", "llm_assets.definitions"]
+    click.echo(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); Ctrl-C stops it")
+    raise SystemExit(subprocess.call([dagster, "dev", "-h", "127.0.0.1", "-p", str(port), *target], cwd=project_home()))
+
+
+@main.group()
+def audit() -> None:
+    """Inspect and verify the hash-chained audit trail in the lake."""
+
+
+@audit.command("verify")
+@one_line_errors
+def audit_verify() -> None:
+    """Exit 0 if the audit log is intact; otherwise name the first bad record and exit 1."""
+    from llm_assets.audit import AuditLog
+
+    storage = _lake_storage()
+    result = AuditLog(storage).verify()
+    if result.ok:
+        click.echo(f"audit log intact: {result.records} records ({storage.uri('audit/')})")
+        return
+    click.echo(f"audit log BROKEN: {result.reason}", err=True)
+    raise SystemExit(1)
+
+
+@audit.command("show")
+@click.option("--tail", default=20, show_default=True, help="How many of the newest records to show.")
+@one_line_errors
+def audit_show(tail: int) -> None:
+    """Print the newest audit records (one JSON object per line)."""
+    import json
+
+    from llm_assets.audit import AuditLog
+
+    for record in AuditLog(_lake_storage()).records()[-tail:]:
+        click.echo(json.dumps(record, ensure_ascii=False, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Runs the main job from the CLI against the real instance, so runs show up in the Dagster UI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from llm_assets.defs.ingestion.partitions import sources_partitions
+from llm_assets.defs.ingestion.sensors import CORPUS_PIPELINE_JOB
+from llm_assets.ingestion.landing import scan_landing
+from llm_assets.lake import LakeStorage
+
+
+@dataclass
+class Materialized:
+    asset: str
+    partition: str | None
+    rows: int | None
+    data_version: str | None
+
+
+@dataclass
+class CheckOutcome:
+    asset: str
+    check: str
+    passed: bool
+
+
+@dataclass
+class PartitionRun:
+    partition: str
+    run_id: str
+    success: bool
+    materialized: list[Materialized] = field(default_factory=list)
+    checks: list[CheckOutcome] = field(default_factory=list)
+    error: str | None = None
+
+
+def register_landed_sources(instance: dg.DagsterInstance, storage: LakeStorage) -> tuple[list[str], list[str]]:
+    """Adds every valid landing folder as a `sources` partition; returns (valid sources, problems)."""
+    found = scan_landing(storage)
+    valid = [name for name, src in found.items() if src.descriptor is not None]
+    problems = [f"{name}: {src.error}" for name, src in found.items() if src.descriptor is None]
+    partitions_name = sources_partitions.name or "sources"
+    known = set(instance.get_dynamic_partitions(partitions_name))
+    missing = [name for name in valid if name not in known]
+    if missing:
+        instance.add_dynamic_partitions(partitions_name, missing)
+    return valid, problems
+
+
+def _first_error(result: dg.ExecuteInProcessResult) -> str | None:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.error
+            if error is not None:
+                return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+    return None
+
+
+def run_corpus_pipeline(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    partitions: Sequence[str],
+    log: Callable[[str], Any] = print,
+    log_level: str = "INFO",
+) -> list[PartitionRun]:
+    """Executes the corpus pipeline once per source partition, in process, recording into `instance`."""
+    job = defs.resolve_job_def(CORPUS_PIPELINE_JOB)
+    runs: list[PartitionRun] = []
+    for number, partition in enumerate(partitions, start=1):
+        log(f"[{number}/{len(partitions)}] {CORPUS_PIPELINE_JOB} for source '{partition}' ...")
+        result = job.execute_in_process(
+            partition_key=partition,
+            instance=instance,
+            raise_on_error=False,
+            tags={"llm_assets/trigger": "cli"},
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
+        run = PartitionRun(partition, result.run_id, result.success, error=_first_error(result))
+        for event in result.get_asset_materialization_events():
+            mat = event.step_materialization_data.materialization
+            metadata = mat.metadata
+            rows = metadata.get("dagster/row_count")
+            run.materialized.append(
+                Materialized(
+                    mat.asset_key.to_user_string(),
+                    mat.partition,
+                    int(rows.value) if rows is not None else None,  # type: ignore[arg-type]
+                    mat.tags.get("dagster/data_version") if mat.tags else None,
+                )
+            )
+        for evaluation in result.get_asset_check_evaluations():
+            run.checks.append(
+                CheckOutcome(evaluation.asset_key.to_user_string(), evaluation.check_name, evaluation.passed)
+            )
+        runs.append(run)
+    return runs

@@ -1,0 +1,88 @@
+"""The `llm-assets` command: help everywhere, one-line errors, audit verify exit codes, the demo end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llm_assets.audit import AuditLog
+from llm_assets.cli import main
+from llm_assets.lake import LocalLakeStorage
+
+COMMANDS = [[], ["demo"], ["ingest"], ["ui"], ["audit"], ["audit", "verify"], ["audit", "show"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")
+def test_help_everywhere(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("LLM_ASSETS_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    monkeypatch.delenv("LLM_ASSETS_LAKE", raising=False)
+    monkeypatch.delenv("LLM_ASSETS_LAKE_ROOT", raising=False)
+    return home
+
+
+def test_audit_verify_exit_codes(cli_env: Path) -> None:
+    storage = LocalLakeStorage(cli_env / ".lake")
+    log = AuditLog(storage)
+    for i in range(3):
+        log.append({"event": "materialization", "asset_key": "raw_corpus", "n": i})
+    ok = CliRunner().invoke(main, ["audit", "verify"])
+    assert ok.exit_code == 0 and "3 records" in ok.output
+
+    path = cli_env / ".lake" / "audit" / "audit_log.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    edited = json.loads(lines[1])
+    edited["n"] = 99
+    lines[1] = json.dumps(edited)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    bad = CliRunner().invoke(main, ["audit", "verify"])
+    assert bad.exit_code == 1
+    assert "line 2" in bad.output
+
+
+def test_ingest_without_descriptor_is_one_line_error(cli_env: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["ingest", str(folder)])
+    assert result.exit_code != 0
+    assert "source.yaml" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_ingest_bad_descriptor_is_one_line_error(cli_env: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "source.yaml").write_text("name: src\njurisdiction: GR\nsource_uri: x\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["ingest", str(folder)])
+    assert result.exit_code != 0
+    assert "licence" in result.output and "Traceback" not in result.output
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    """The README's first command after installation: a fresh home, the real instance, the sample corpus."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DAGSTER_HOME", "LLM_ASSETS_LAKE"}}
+    env["LLM_ASSETS_HOME"] = str(tmp_path / "home")
+    cli = Path(sys.executable).with_name("llm-assets")
+    run = subprocess.run([str(cli), "demo"], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Materialized:" in run.stdout and "Audit trail:" in run.stdout and "intact" in run.stdout
+    assert "FAILED" not in run.stdout
+    assert (tmp_path / "home" / ".dagster_home" / "dagster.yaml").is_file()
+    verify = subprocess.run([str(cli), "audit", "verify"], env=env, capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
