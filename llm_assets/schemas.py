@@ -35,3 +35,8 @@ REJECT_SCHEMA = pa.schema(
         pa.field("excerpt", pa.string()),
     ]
 )
+
+# Columns each curation stage adds to the records it keeps.
+QUALITY_SCHEMA = RECORD_SCHEMA.append(pa.field("lang", pa.string())).append(pa.field("lang_score", pa.float64()))
+PERPLEXITY_SCHEMA = QUALITY_SCHEMA.append(pa.field("perplexity", pa.float64()))
+CURATED_SCHEMA = PERPLEXITY_SCHEMA.append(pa.field("domain", pa.string())).append(pa.field("split", pa.string()))

@@ -108,6 +108,11 @@ def _dataset_prefix(dataset: str, partition: str | None) -> str:
     return f"datasets/{dataset}/{partition if partition is not None else _ALL_PARTITIONS}"
 
 
+# Shards are cut at this many bytes of Arrow data as well as at max_rows_per_shard, so long documents
+# cannot make one shard (and every stage's working set, which is one shard) as big as the corpus.
+DEFAULT_MAX_BYTES_PER_SHARD = 32 * 2**20
+
+
 def manifest_key(dataset: str, partition: str | None) -> str:
     return f"{_dataset_prefix(dataset, partition)}/_manifest.json"
 
@@ -162,8 +167,11 @@ class ShardWriter:
         schema: pa.Schema,
         *,
         max_rows_per_shard: int = 50_000,
+        max_bytes_per_shard: int = DEFAULT_MAX_BYTES_PER_SHARD,
         write_id: str | None = None,
     ) -> None:
+        if max_bytes_per_shard < 1:
+            raise ValueError(f"dataset {dataset}: max_bytes_per_shard must be at least 1, got {max_bytes_per_shard}")
         if max_rows_per_shard < 1:
             raise ValueError(f"dataset {dataset}: max_rows_per_shard must be at least 1, got {max_rows_per_shard}")
         write_id = write_id or f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}"
@@ -173,6 +181,8 @@ class ShardWriter:
         self._partition = partition
         self._schema = schema
         self._max_rows = max_rows_per_shard
+        self._max_bytes = max_bytes_per_shard
+        self._buffered_bytes = 0
         self._prefix = f"{_dataset_prefix(dataset, partition)}/{write_id}"
         self._buffer: list[pa.Table] = []
         self._buffered_rows = 0
@@ -220,19 +230,24 @@ class ShardWriter:
             return
         self._buffer.append(table)
         self._buffered_rows += table.num_rows
-        while self._buffered_rows >= self._max_rows:
+        self._buffered_bytes += table.nbytes
+        while self._buffered_rows >= self._max_rows or (
+            self._buffered_rows and self._buffered_bytes >= self._max_bytes
+        ):
             pending = pa.concat_tables(self._buffer)
-            self._flush(pending.slice(0, self._max_rows))
-            rest = pending.slice(self._max_rows)
+            take = min(self._max_rows, pending.num_rows)
+            self._flush(pending.slice(0, take))
+            rest = pending.slice(take)
             self._buffer = [rest] if rest.num_rows else []
             self._buffered_rows = rest.num_rows
+            self._buffered_bytes = rest.nbytes if rest.num_rows else 0
 
     def commit(self, extra: dict[str, Any] | None = None) -> DatasetManifest:
         """Write the remaining rows and then the manifest, which makes this write the dataset's version."""
         self._check_open()
         if self._buffered_rows:
             self._flush(pa.concat_tables(self._buffer))
-            self._buffer, self._buffered_rows = [], 0
+            self._buffer, self._buffered_rows, self._buffered_bytes = [], 0, 0
         rows = sum(s.rows for s in self._shards)
         schema_ipc = _schema_ipc(self._schema)
         manifest = DatasetManifest(
@@ -259,7 +274,7 @@ class ShardWriter:
         """Delete the shards written so far; the previous manifest stays in force."""
         self._check_open()
         self._state = "aborted"
-        self._buffer, self._buffered_rows = [], 0
+        self._buffer, self._buffered_rows, self._buffered_bytes = [], 0, 0
         for shard in self._shards:
             try:
                 self._storage.delete(shard.path)

@@ -247,3 +247,19 @@ def test_written_rows_read_back_unchanged(rows, max_rows, cuts):
         assert manifest.rows == len(rows) == sum(s.rows for s in manifest.shards)
         assert len(manifest.shards) == -(-len(rows) // max_rows)
         assert read_dataset(storage, manifest).to_pylist() == rows
+
+
+def test_shards_are_also_cut_by_bytes(storage) -> None:  # type: ignore[no-untyped-def]
+    """Long documents must not make one shard as big as the corpus: the working set of a stage is a shard."""
+    import pyarrow as pa
+
+    from llm_assets.lake import ShardWriter, read_dataset
+
+    schema = pa.schema([("text", pa.string())])
+    with ShardWriter(storage, "long_docs", None, schema, max_rows_per_shard=1_000, max_bytes_per_shard=50_000) as w:
+        for i in range(20):
+            w.write(pa.table({"text": [f"{i}" * 10_000]}, schema=schema))
+            assert w.buffered_rows * 10_000 < 50_000 + 10_000
+        manifest = w.commit()
+    assert len(manifest.shards) >= 4
+    assert read_dataset(storage, manifest).num_rows == 20

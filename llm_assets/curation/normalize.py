@@ -1,0 +1,355 @@
+"""Text normalisation: repair encoding damage, canonicalise Unicode and layout, drop cross-document boilerplate.
+
+Two passes per source, so boilerplate is judged on the whole source and not on one batch: first
+`count_lines` streams every shard and counts in how many documents each (normalised, stripped) line occurs,
+then `boilerplate_lines` picks the repeated ones and `normalize_batch` rewrites each shard. Lines are
+counted by an 8-byte hash, so memory grows with the number of distinct lines, never with their length.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal
+
+import ftfy
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from ftfy.badness import BADNESS_RE
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm_assets.curation.stage import StageOutput, reject_rows
+
+STAGE = "normalize"
+RULE_EMPTY = "empty_after_normalization"
+CHANGE_KINDS = (
+    "mojibake_fixed",
+    "unicode_normalized",
+    "control_chars_removed",
+    "punctuation_standardised",
+    "whitespace_standardised",
+    "boilerplate_lines_removed",
+)
+_CHUNK_DOCS = 1024  # documents per vectorised step in the streaming pass
+_CHUNK_CHARS = 64 * 2**20
+
+
+class NormalizeConfig(BaseModel):
+    """What normalisation does; every step can be switched off for sources where it would damage the text.
+
+    Turn `standardise_whitespace` off for code or tables: it collapses runs of spaces and tabs and strips
+    indentation. Boilerplate is a line of at least `boilerplate_min_line_words` words and at most
+    `boilerplate_max_line_chars` characters that occurs in at least `boilerplate_min_docs` documents and in at
+    least `boilerplate_min_doc_fraction` of the source's documents. The word floor keeps short structural
+    headings ("Άρθρο 3", "ΚΕΦΑΛΑΙΟ Β’", "Σκοπός"), which every law repeats, out of the boilerplate set.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFKC"
+    fix_mojibake: bool = True
+    remove_control_chars: bool = True
+    standardise_whitespace: bool = True
+    standardise_punctuation: bool = True
+    boilerplate_min_docs: int = Field(default=3, ge=2)
+    boilerplate_min_doc_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    boilerplate_max_line_chars: int = Field(default=200, ge=1)
+    boilerplate_min_line_words: int = Field(default=4, ge=1)
+    min_chars_after: int = Field(default=1, ge=1)
+
+
+# ftfy restricted to encoding repair: everything else (width, ligatures, quotes, line breaks, control
+# characters, Unicode form) is done below under our own switches, and HTML entities are left alone.
+_FTFY_CONFIG = ftfy.TextFixerConfig(
+    unescape_html=False,
+    remove_terminal_escapes=False,
+    fix_encoding=True,
+    restore_byte_a0=True,
+    replace_lossy_sequences=True,
+    decode_inconsistent_utf8=True,
+    fix_c1_controls=True,
+    fix_latin_ligatures=False,
+    fix_character_width=False,
+    uncurl_quotes=False,
+    fix_line_breaks=False,
+    fix_surrogates=True,
+    remove_control_chars=False,
+    normalization=None,
+    explain=False,
+)
+
+# Spacing accents that NFKC would turn into a space plus a combining mark ("don´t" -> "don ́t"); as
+# punctuation they are apostrophes (and U+0384 is how the Greek numeral sign is often typed).
+_PRE_NFKC = {"\u00b4": "'", "\u0384": "'"}
+# Curly quotes, dash variants and the ellipsis; guillemets and the Greek question mark (';' after NFC) stay.
+_PUNCTUATION = {
+    **dict.fromkeys("\u2018\u2019\u201a\u201b", "'"),
+    **dict.fromkeys("\u201c\u201d\u201e\u201f", '"'),
+    **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-"),
+    "\u2026": "...",
+}
+_PUNCTUATION_RE = "[" + "".join(_PUNCTUATION) + "]"
+_LINE_BREAKS = {"\r\n": "\n", **dict.fromkeys("\r\v\f\x85\u2028\u2029", "\n")}
+# C0/C1 controls except tab, newline and CR, plus invisible format characters that carry no text:
+# soft hyphen, zero-width space, word joiner, BOM, bidi embeddings/overrides/isolates, annotation marks.
+# ZWJ/ZWNJ stay: they change spelling in Persian and Indic scripts and build emoji sequences.
+_CONTROL_RE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b\u2060\ufeff\u202a-\u202e\u2066-\u2069\ufff9-\ufffb]"
+_HSPACE_RE = r"[^\S\n]{2,}|[^\S\n ]"
+_EDGE_SPACE_RE = r" \n ?|\n "
+_BLANK_LINES_RE = re.compile(r"\n{3,}")
+_PY_VERBOSE_WHITESPACE = " \t\n\r\v\f"
+
+
+def _rust_pattern(pattern: str) -> str:
+    """Rewrite a Python `re.VERBOSE` pattern for Rust's regex (polars): drop comments and layout, escape what
+    Rust reads differently inside classes, and widen `\\w`/`\\s` to cover Python's wider Unicode sets."""
+    out: list[str] = []
+    i, n, in_class, class_open = 0, len(pattern), False, False
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            escape = pattern[i : i + 2]
+            out.append({"\\w": r"[\w\p{N}]", "\\s": r"[\s\x1c-\x1f]"}.get(escape, escape))
+            i, class_open = i + 2, False
+            continue
+        if in_class:
+            if ch == "]" and not class_open:
+                in_class = False
+                out.append(ch)
+            elif ch.isspace() or ch in "[&~" or not ch.isprintable():
+                out.append(f"\\x{{{ord(ch):X}}}")
+            else:
+                out.append(ch)
+            class_open = False
+            i += 1
+            continue
+        if ch in _PY_VERBOSE_WHITESPACE:
+            i += 1
+        elif ch == "#":
+            end = pattern.find("\n", i)
+            i = n if end < 0 else end
+        elif ch == "[":
+            in_class, class_open = True, True
+            out.append(ch)
+            if pattern[i + 1 : i + 2] == "^":
+                out.append("^")
+                i += 1
+            i += 1
+        else:
+            out.append(f"\\x{{{ord(ch):X}}}" if ch.isspace() or not ch.isprintable() else ch)
+            i += 1
+    return "".join(out)
+
+
+@functools.cache
+def _mojibake_pattern() -> str | None:
+    """ftfy's mojibake detector as a polars regex (~40x faster than Python's `re` on non-ASCII text).
+
+    Verified to flag the same lines as `ftfy.badness.is_bad` (tests compare them); if a future ftfy pattern
+    does not translate, return None and every non-ASCII document goes through ftfy (slower, same result).
+    """
+    pattern = _rust_pattern(BADNESS_RE.pattern)
+    try:
+        pl.Series(["\u00c3\u00a9"], dtype=pl.String).str.contains(pattern)
+    except pl.exceptions.PolarsError:
+        return None
+    return pattern
+
+
+def mojibake_candidates(texts: Sequence[str]) -> list[bool]:
+    """Which texts ftfy must look at: those with a character sequence its badness heuristic flags.
+
+    ftfy only changes text in which its heuristic finds something (or C1 controls, which it also flags), so
+    skipping the rest gives the same output without ftfy's per-line cost on clean text.
+    """
+    pattern = _mojibake_pattern()
+    if pattern is None:
+        return [not text.isascii() for text in texts]
+    return pl.Series(texts, dtype=pl.String).str.contains(pattern).fill_null(False).to_list()
+
+
+def _prepare(texts: Sequence[str], config: NormalizeConfig, changes: dict[str, int]) -> list[str]:
+    """Every step except boilerplate removal, vectorised in polars except ftfy's repair of flagged texts.
+
+    `count_lines` and `normalize_text`/`normalize_batch` all go through here, so lines hash the same in both
+    passes. `changes` is incremented in place. A later step can expose mojibake that an earlier one hid (a
+    C1 control character in the middle of it), so texts still flagged afterwards go round again, at most
+    twice more, which keeps the result idempotent.
+    """
+    out = _prepare_once(texts, config, changes)
+    if not config.fix_mojibake:
+        return out
+    for _ in range(2):
+        again = [
+            i
+            for i, flag in enumerate(mojibake_candidates(out))
+            if flag and ftfy.fix_text(out[i], _FTFY_CONFIG) != out[i]
+        ]
+        if not again:
+            break
+        for i, text in zip(again, _prepare_once([out[i] for i in again], config, changes), strict=True):
+            out[i] = text
+    return out
+
+
+def _prepare_once(texts: Sequence[str], config: NormalizeConfig, changes: dict[str, int]) -> list[str]:
+    texts = list(texts)
+    if config.fix_mojibake and texts:
+        for i, flag in enumerate(mojibake_candidates(texts)):
+            if flag:
+                fixed = ftfy.fix_text(texts[i], _FTFY_CONFIG)
+                changes["mojibake_fixed"] += fixed != texts[i]
+                texts[i] = fixed
+    series = pl.Series(texts, dtype=pl.String)
+    if config.unicode_form is not None:
+        if config.standardise_punctuation and config.unicode_form in ("NFKC", "NFKD"):
+            series = series.str.replace_many(_PRE_NFKC)
+        normalized = series.str.normalize(config.unicode_form)
+        changes["unicode_normalized"] += int((normalized != series).sum())
+        series = normalized
+    if config.standardise_whitespace:
+        series = series.str.replace_many(_LINE_BREAKS, leftmost=True)
+    if config.remove_control_chars:
+        changes["control_chars_removed"] += int(series.str.count_matches(_CONTROL_RE).sum())
+        series = series.str.replace_all(_CONTROL_RE, "")
+    if config.standardise_punctuation:
+        changes["punctuation_standardised"] += int(series.str.count_matches(_PUNCTUATION_RE).sum())
+        series = series.str.replace_many(_PUNCTUATION)
+    if config.standardise_whitespace:
+        spaced = (
+            series.str.replace_all(_HSPACE_RE, " ")
+            .str.replace_all(_EDGE_SPACE_RE, "\n")
+            .str.replace_all(r"\n{3,}", "\n\n")
+            .str.strip_chars()
+        )
+        changes["whitespace_standardised"] += int((spaced != series).sum())
+        series = spaced
+    return series.to_list()
+
+
+def line_hash(line: str) -> bytes:
+    """The 8-byte key a stripped line is counted and matched by (collisions: ~1 in 2^64 per pair)."""
+    return hashlib.blake2b(line.encode("utf-8"), digest_size=8).digest()
+
+
+def _candidate_lines(text: str, config: NormalizeConfig) -> Iterator[tuple[int, str]]:
+    """(position, stripped line) of every line that may be boilerplate: not empty, short, enough words."""
+    min_words, max_chars = config.boilerplate_min_line_words, config.boilerplate_max_line_chars
+    for position, line in enumerate(text.split("\n")):
+        stripped = line.strip()
+        if stripped and len(stripped) <= max_chars and len(stripped.split(None, min_words - 1)) >= min_words:
+            yield position, stripped
+
+
+def _chunks(texts: Iterable[str]) -> Iterator[list[str]]:
+    """Groups small enough to vectorise without holding a whole shard: at most _CHUNK_DOCS documents
+    or _CHUNK_CHARS characters (a single longer document forms its own group)."""
+    chunk: list[str] = []
+    chars = 0
+    for text in texts:
+        text = text or ""
+        if chunk and (len(chunk) == _CHUNK_DOCS or chars + len(text) > _CHUNK_CHARS):
+            yield chunk
+            chunk, chars = [], 0
+        chunk.append(text)
+        chars += len(text)
+    if chunk:
+        yield chunk
+
+
+def count_lines(texts: Iterable[str], config: NormalizeConfig, counts: Counter[bytes] | None = None) -> Counter[bytes]:
+    """Pass 1: for each candidate line hash, in how many documents of `texts` it occurs.
+
+    Pass `counts` to keep adding across the shards of one source; the caller counts the documents.
+    """
+    counts = Counter() if counts is None else counts
+    scratch = dict.fromkeys(CHANGE_KINDS, 0)
+    for chunk in _chunks(texts):
+        for prepared in _prepare(chunk, config, scratch):
+            counts.update({line_hash(line) for _, line in _candidate_lines(prepared, config)})
+    return counts
+
+
+def boilerplate_lines(counts: Counter[bytes], total_docs: int, config: NormalizeConfig) -> frozenset[bytes]:
+    """Hashes of lines in at least `boilerplate_min_docs` and `boilerplate_min_doc_fraction` of the docs."""
+    floor = max(config.boilerplate_min_docs, config.boilerplate_min_doc_fraction * total_docs)
+    return frozenset(key for key, docs in counts.items() if docs >= floor)
+
+
+def _drop_boilerplate(
+    text: str, config: NormalizeConfig, boilerplate: frozenset[bytes], changes: dict[str, int]
+) -> str:
+    if not boilerplate:
+        return text
+    drop = {position for position, line in _candidate_lines(text, config) if line_hash(line) in boilerplate}
+    if not drop:
+        return text
+    changes["boilerplate_lines_removed"] += len(drop)
+    kept = "\n".join(line for position, line in enumerate(text.split("\n")) if position not in drop)
+    return _BLANK_LINES_RE.sub("\n\n", kept).strip() if config.standardise_whitespace else kept
+
+
+def normalize_text(
+    text: str, config: NormalizeConfig, boilerplate: frozenset[bytes] = frozenset()
+) -> tuple[str, dict[str, int]]:
+    """One document: the normalised text and how much each kind of change touched it.
+
+    `mojibake_fixed`, `unicode_normalized` and `whitespace_standardised` are 0/1 per document; the others
+    count characters or lines. For many documents use `normalize_batch`: it vectorises across them.
+    """
+    changes = dict.fromkeys(CHANGE_KINDS, 0)
+    prepared = _prepare([text], config, changes)[0]
+    return _drop_boilerplate(prepared, config, boilerplate, changes), changes
+
+
+def normalize_batch(table: pa.Table, config: NormalizeConfig, boilerplate: frozenset[bytes]) -> StageOutput:
+    """Pass 2: replace `text` by its normalised form; reject documents left shorter than `min_chars_after`."""
+    texts = [text or "" for text in table.column("text").to_pylist()]
+    changes = dict.fromkeys(CHANGE_KINDS, 0)
+    prepared = _prepare(texts, config, changes)
+    kept_idx: list[int] = []
+    kept_texts: list[str] = []
+    rejected_idx: list[int] = []
+    rejected_len: list[int] = []
+    docs_changed = 0
+    for i, (text, out) in enumerate(zip(texts, prepared, strict=True)):
+        out = _drop_boilerplate(out, config, boilerplate, changes)
+        docs_changed += out != text
+        if len(out) >= config.min_chars_after:
+            kept_idx.append(i)
+            kept_texts.append(out)
+        else:
+            rejected_idx.append(i)
+            rejected_len.append(len(out))
+
+    position = table.schema.get_field_index("text")
+    field = table.schema.field(position)
+    kept = table.take(pa.array(kept_idx, type=pa.int64()))
+    kept = kept.set_column(position, field, pa.array(kept_texts, type=field.type))
+    rejects = reject_rows(
+        table,
+        rejected_idx,
+        stage=STAGE,
+        rules=[RULE_EMPTY] * len(rejected_idx),
+        reasons=[
+            f"{n} characters left after normalization; at least {config.min_chars_after} required" for n in rejected_len
+        ],
+        scores=[float(n) for n in rejected_len],
+        thresholds=[float(config.min_chars_after)] * len(rejected_idx),
+    )
+    chars_in = pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0
+    stats = {
+        "docs_in": table.num_rows,
+        "docs_kept": kept.num_rows,
+        "docs_rejected": rejects.num_rows,
+        "docs_changed": docs_changed,
+        **changes,
+        "boilerplate_hashes": len(boilerplate),
+        "chars_in": chars_in,
+        "chars_out": sum(len(text) for text in kept_texts),
+    }
+    return StageOutput(kept=kept, rejects=rejects, stats=stats)

