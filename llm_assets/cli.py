@@ -71,8 +71,11 @@ def _print_runs(runs: list[Any]) -> None:
             rows = f"{mat.rows} rows" if mat.rows is not None else ""
             version = f"data version {mat.data_version[:12]}" if mat.data_version else ""
             click.echo(f"    {mat.asset:<28} {rows:<14} {version}")
+        passed = sum(check.passed for check in run.checks)
+        click.echo(f"    checks: {passed}/{len(run.checks)} passed")
         for check in run.checks:
-            click.echo(f"    check {check.asset}:{check.check:<20} {'passed' if check.passed else 'FAILED'}")
+            if not check.passed:
+                click.echo(f"    check FAILED: {check.asset}:{check.check}")
         if run.error:
             click.echo(f"    error: {run.error}")
 
@@ -142,6 +145,34 @@ def ingest(folder: Path, name: str | None, stage_only: bool) -> None:
     _print_runs(runs)
     if not all(run.success for run in runs):
         raise SystemExit(1)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--profile", help="PII policy profile: default, eu-gdpr, gr, or a YAML path.")
+@click.option(
+    "--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Settings YAML."
+)
+@one_line_errors
+def curate(inputs: tuple[Path, ...], out: Path, profile: str | None, config_file: Path | None) -> None:
+    """Run the whole curation chain on INPUTS (files or folders) without Dagster.
+
+    Writes OUT/kept/*.parquet, OUT/rejected/*.parquet (every removed record once, with stage and reason),
+    OUT/clusters/*.parquet (dedup clusters) and OUT/manifest.json (in/kept/rejected per stage).
+    """
+    from llm_assets.curation.local import curate_paths, load_settings
+
+    settings = load_settings(config_file, profile)
+    manifest = curate_paths(list(inputs), out, settings, progress=click.echo)
+    click.echo("")
+    click.echo(f"{'stage':<12}{'in':>10}{'kept':>10}{'rejected':>10}")
+    for stage in manifest["stages"]:
+        click.echo(f"{stage['stage']:<12}{stage['in']:>10}{stage['kept']:>10}{stage['rejected']:>10}")
+    click.echo(
+        f"Wrote {out}/kept ({manifest['kept_rows']} rows), {out}/rejected ({manifest['rejected_rows']} rows), "
+        f"{out}/clusters, {out}/manifest.json in {manifest['seconds']} s"
+    )
 
 
 @main.command()

@@ -10,6 +10,7 @@ import os
 
 import dagster as dg
 
+from llm_assets.defs.curation.definitions import curation_definitions
 from llm_assets.defs.ingestion.definitions import ingestion_definitions
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
 
@@ -31,7 +32,7 @@ def lake_resource_from_env() -> LakeResource:
 
 
 def build_definitions() -> dg.Definitions:
-    stages = dg.Definitions.merge(ingestion_definitions())
+    stages = dg.Definitions.merge(ingestion_definitions(), curation_definitions())
     return dg.Definitions.merge(stages, dg.Definitions(resources={"lake": lake_resource_from_env()}))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from llm_assets.defs.ingestion.partitions import sources_partitions
-from llm_assets.defs.ingestion.sensors import CORPUS_PIPELINE_JOB
+from llm_assets.defs.jobs import CORPUS_PIPELINE_JOB, CURATION_JOB
 from llm_assets.ingestion.landing import scan_landing
 from llm_assets.lake import LakeStorage
 
@@ -56,9 +56,46 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str | None:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data is not None:
             error = event.step_failure_data.error
+            while (
+                error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name
+            ):
+                error = error.cause
             if error is not None:
                 return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
     return None
+
+
+def execute(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    job_name: str,
+    partition: str | None,
+    log_level: str = "INFO",
+) -> PartitionRun:
+    """Executes one job (one partition, or unpartitioned) in process, recording into `instance`."""
+    job = defs.resolve_job_def(job_name)
+    result = job.execute_in_process(
+        partition_key=partition,
+        instance=instance,
+        raise_on_error=False,
+        tags={"llm_assets/trigger": "cli"},
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+    )
+    run = PartitionRun(partition or "(all sources)", result.run_id, result.success, error=_first_error(result))
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        rows = mat.metadata.get("dagster/row_count")
+        run.materialized.append(
+            Materialized(
+                mat.asset_key.to_user_string(),
+                mat.partition,
+                int(rows.value) if rows is not None else None,  # type: ignore[arg-type]
+                mat.tags.get("dagster/data_version") if mat.tags else None,
+            )
+        )
+    for evaluation in result.get_asset_check_evaluations():
+        run.checks.append(CheckOutcome(evaluation.asset_key.to_user_string(), evaluation.check_name, evaluation.passed))
+    return run
 
 
 def run_corpus_pipeline(
@@ -66,36 +103,15 @@ def run_corpus_pipeline(
     instance: dg.DagsterInstance,
     partitions: Sequence[str],
     log: Callable[[str], Any] = print,
-    log_level: str = "INFO",
+    *,
+    curate: bool = True,
 ) -> list[PartitionRun]:
-    """Executes the corpus pipeline once per source partition, in process, recording into `instance`."""
-    job = defs.resolve_job_def(CORPUS_PIPELINE_JOB)
+    """The main job: the per-source pipeline for each partition, then corpus-wide curation once."""
     runs: list[PartitionRun] = []
     for number, partition in enumerate(partitions, start=1):
         log(f"[{number}/{len(partitions)}] {CORPUS_PIPELINE_JOB} for source '{partition}' ...")
-        result = job.execute_in_process(
-            partition_key=partition,
-            instance=instance,
-            raise_on_error=False,
-            tags={"llm_assets/trigger": "cli"},
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        )
-        run = PartitionRun(partition, result.run_id, result.success, error=_first_error(result))
-        for event in result.get_asset_materialization_events():
-            mat = event.step_materialization_data.materialization
-            metadata = mat.metadata
-            rows = metadata.get("dagster/row_count")
-            run.materialized.append(
-                Materialized(
-                    mat.asset_key.to_user_string(),
-                    mat.partition,
-                    int(rows.value) if rows is not None else None,  # type: ignore[arg-type]
-                    mat.tags.get("dagster/data_version") if mat.tags else None,
-                )
-            )
-        for evaluation in result.get_asset_check_evaluations():
-            run.checks.append(
-                CheckOutcome(evaluation.asset_key.to_user_string(), evaluation.check_name, evaluation.passed)
-            )
-        runs.append(run)
+        runs.append(execute(defs, instance, CORPUS_PIPELINE_JOB, partition))
+    if curate and all(run.success for run in runs):
+        log(f"{CURATION_JOB} over all sources ...")
+        runs.append(execute(defs, instance, CURATION_JOB, None))
     return runs

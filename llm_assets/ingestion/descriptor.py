@@ -39,6 +39,7 @@ class SourceDescriptor(pydantic.BaseModel):
     source_uri: str = pydantic.Field(min_length=1)
     language: str | None = pydantic.Field(default=None, pattern=r"^[a-z]{2,3}$")
     description: str = ""
+    domain: str = pydantic.Field(default="general", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     text_field: str = pydantic.Field(default="text", min_length=1)
     id_field: str | None = None
 

@@ -1,25 +1,17 @@
 """`raw_corpus`: every landed source read into Parquet shards, with a reject shard for what could not be read."""
 
-import hashlib
-import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-
 import dagster as dg
 import pyarrow.compute as pc
 from pydantic import Field
 
 from llm_assets.defs.audit_trail import record_check, record_materialization
 from llm_assets.defs.ingestion.partitions import sources_partitions
-from llm_assets.ingestion.landing import LandingSource, scan_landing
-from llm_assets.ingestion.readers import iter_source_files
-from llm_assets.lake import LakeStorage, ShardWriter, iter_shards, read_manifest
+from llm_assets.ingestion.descriptor import IngestError
+from llm_assets.ingestion.run import RAW_CORPUS, RAW_CORPUS_REJECTS, ingest_source
+from llm_assets.lake import LakeStorage, iter_shards, read_manifest
 from llm_assets.resources.lake import LakeResource
-from llm_assets.schemas import RECORD_SCHEMA, REJECT_SCHEMA
 
 RAW_CORPUS_CODE_VERSION = "raw_corpus-v1"
-RAW_CORPUS = "raw_corpus"
-RAW_CORPUS_REJECTS = "raw_corpus_rejects"
 
 
 class RawCorpusConfig(dg.Config):
@@ -27,37 +19,6 @@ class RawCorpusConfig(dg.Config):
 
     max_file_mb: float = Field(default=256.0, gt=0, description="Files above this size are rejected unread.")
     max_rows_per_shard: int = Field(default=50_000, gt=0, description="Rows per Parquet shard.")
-
-
-def _landing_source(storage: LakeStorage, source: str) -> LandingSource:
-    found = scan_landing(storage).get(source)
-    if found is None:
-        raise dg.Failure(
-            f"source '{source}' has no folder under {storage.uri('landing/')}: stage it first "
-            "(llm-assets ingest PATH) or remove the partition"
-        )
-    if found.descriptor is None:
-        raise dg.Failure(f"source '{source}': {found.error}")
-    return found
-
-
-def _loaders(
-    storage: LakeStorage, landing: LandingSource, file_hashes: dict[str, str]
-) -> Iterator[tuple[str, Callable[[], bytes], int]]:
-    """Lazy file loaders that also record each file's SHA-256, the input data version of the source."""
-    for info in landing.files:
-        rel = landing.relpath(info)
-
-        def load(key: str = info.key, rel: str = rel) -> bytes:
-            data = storage.read_bytes(key)
-            file_hashes[rel] = hashlib.sha256(data).hexdigest()
-            return data
-
-        yield rel, load, info.size
-
-
-def _input_version(file_hashes: dict[str, str]) -> str:
-    return hashlib.sha256("".join(f"{k}\t{v}\n" for k, v in sorted(file_hashes.items())).encode()).hexdigest()
 
 
 @dg.asset(
@@ -81,78 +42,50 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, lake:
     `raw_corpus_rejects` with file, line and reason."""
     storage = lake.storage()
     source = context.partition_key
-    landing = _landing_source(storage, source)
-    descriptor = landing.descriptor
-    assert descriptor is not None
-    file_hashes: dict[str, str] = {}
-    units = kept = rejected = 0
-    by_rule: Counter[str] = Counter()
-    started = time.monotonic()
-    with (
-        ShardWriter(
-            storage, RAW_CORPUS, source, RECORD_SCHEMA, max_rows_per_shard=config.max_rows_per_shard
-        ) as records,
-        ShardWriter(
-            storage, RAW_CORPUS_REJECTS, source, REJECT_SCHEMA, max_rows_per_shard=config.max_rows_per_shard
-        ) as rejects,
-    ):
-        outcomes = iter_source_files(
-            _loaders(storage, landing, file_hashes),
-            descriptor,
+    try:
+        run = ingest_source(
+            storage,
+            source,
             max_file_bytes=int(config.max_file_mb * 2**20),
+            max_rows_per_shard=config.max_rows_per_shard,
+            progress=context.log.info,
         )
-        for done, outcome in enumerate(outcomes, start=1):
-            records.write(outcome.records)
-            rejects.write(outcome.rejects)
-            units += outcome.units
-            kept += len(outcome.records)
-            rejected += len(outcome.rejects)
-            by_rule.update(r["rule"] for r in outcome.rejects)
-            context.log.info(
-                f"{source}: file {done}/{len(landing.files)} read; {kept} records, {rejected} rejects "
-                f"({units / max(time.monotonic() - started, 1e-9):.0f} units/s)"
-            )
-        input_version = _input_version(file_hashes)
-        provenance = {"input_data_version": input_version, "source": source}
-        rejects_manifest = rejects.commit(extra=provenance)
-        records_manifest = records.commit(
-            extra={**provenance, "units": units, "rejects_data_version": rejects_manifest.data_version}
-        )
-
-    data_version = hashlib.sha256(
-        f"{records_manifest.data_version}:{rejects_manifest.data_version}".encode()
-    ).hexdigest()
-    counts = {"files": len(landing.files), "units": units, "records": kept, "rejects": rejected}
+    except IngestError as exc:
+        raise dg.Failure(str(exc)) from exc
+    descriptor = run.descriptor
     checks = [
-        _check_counts(context, storage, source, units, data_version),
-        _check_ids_unique(context, storage, source, data_version),
+        _check_counts(context, storage, source, run.units, run.data_version),
+        _check_ids_unique(context, storage, source, run.data_version),
     ]
     record_materialization(
         context,
         storage,
         code_version=RAW_CORPUS_CODE_VERSION,
-        input_data_versions={f"landing/{source}": input_version},
-        output_data_version=data_version,
-        counts=counts,
+        input_data_versions={f"landing/{source}": run.input_version},
+        output_data_version=run.data_version,
+        counts=run.counts(),
         config=config.model_dump(),
     )
+    source_uri = descriptor.source_uri
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(data_version),
+        data_version=dg.DataVersion(run.data_version),
         check_results=checks,
         metadata={
-            "dagster/row_count": kept,
-            **{k: dg.MetadataValue.int(v) for k, v in counts.items()},
-            "rejects_by_rule": dg.MetadataValue.json(dict(by_rule)),
+            "dagster/row_count": run.kept,
+            **{k: dg.MetadataValue.int(v) for k, v in run.counts().items()},
+            "units": run.units,
+            "rejects_by_rule": dg.MetadataValue.json(dict(run.rejects_by_rule)),
             "licence": descriptor.licence,
             "jurisdiction": descriptor.jurisdiction,
-            "source_uri": dg.MetadataValue.url(descriptor.source_uri)
-            if descriptor.source_uri.startswith(("http://", "https://"))
-            else descriptor.source_uri,
+            "domain": descriptor.domain,
+            "source_uri": dg.MetadataValue.url(source_uri)
+            if source_uri.startswith(("http://", "https://"))
+            else source_uri,
             "language_hint": descriptor.language or "",
-            "input_data_version": input_version,
+            "input_data_version": run.input_version,
             "manifest": dg.MetadataValue.path(storage.uri(f"datasets/{RAW_CORPUS}/{source}/_manifest.json")),
-            "shards": len(records_manifest.shards),
-            "rejects_manifest_version": rejects_manifest.data_version,
+            "shards": len(run.records.shards),
+            "rejects_manifest_version": run.rejects.data_version,
         },
     )
 

@@ -5,17 +5,9 @@ import json
 import dagster as dg
 
 from llm_assets.defs.ingestion.partitions import sources_partitions
+from llm_assets.defs.jobs import corpus_pipeline_job
 from llm_assets.ingestion.landing import scan_landing
 from llm_assets.resources.lake import LakeResource
-
-CORPUS_PIPELINE_JOB = "corpus_pipeline"
-
-# The main job: every asset partitioned by source, from raw_corpus down.
-corpus_pipeline_job = dg.define_asset_job(
-    CORPUS_PIPELINE_JOB,
-    selection=dg.AssetSelection.groups("ingestion"),
-    description="Ingest one landed source and build everything partitioned by source from it.",
-)
 
 
 @dg.sensor(

@@ -1,0 +1,58 @@
+"""`llm-assets curate`: the chain on plain folders without Dagster, with the documented output layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+
+from llm_assets.cli import main
+
+
+def test_curate_writes_kept_rejected_clusters_and_manifest(tmp_path: Path) -> None:
+    folder = tmp_path / "notices"
+    folder.mkdir()
+    docs = [
+        "The municipal council will meet on Tuesday to discuss the budget for public libraries and parks.",
+        "Applications for the housing allowance are accepted until the end of the month at the town hall.",
+        "The municipal council will meet on Tuesday to discuss the budget for public libraries and parks.",
+        "Call +30 691 234 5678 or write to info@dimos.example.gr for questions about the allowance forms.",
+        "{broken json",
+    ]
+    lines = [json.dumps({"text": d}) if not d.startswith("{") else d for d in docs]
+    (folder / "notices.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "readme.md").write_text(
+        "# Notices\n\nPublic notices of the municipality, 2024 edition.\n", encoding="utf-8"
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["curate", str(folder), "--out", str(out), "--profile", "gr"])
+    assert result.exit_code == 0, result.output
+
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    for stage in manifest["stages"]:
+        assert stage["in"] == stage["kept"] + stage["rejected"], stage
+    stages = {s["stage"]: s for s in manifest["stages"]}
+    assert stages["ingest"]["rejected"] == 1 and stages["dedup"]["rejected"] >= 1
+    assert manifest["pii_policy"]["name"] == "gr"
+
+    kept = pq.read_table(out / "kept")
+    assert {"id", "text", "lang", "source"} <= set(kept.column_names)
+    assert kept.num_rows == manifest["kept_rows"] == stages["curate"]["kept"]
+    assert "info@dimos.example.gr" not in " ".join(kept.column("text").to_pylist())
+    rejected = pq.read_table(out / "rejected")
+    assert {"id", "stage", "reason"} <= set(rejected.column_names)
+    assert rejected.num_rows == sum(s["rejected"] for s in manifest["stages"])
+    assert pq.read_table(out / "clusters").num_rows >= 2
+
+
+def test_curate_bad_config_is_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("Some text long enough to be a document of the corpus.", encoding="utf-8")
+    config = tmp_path / "settings.yaml"
+    config.write_text("dedup:\n  threshold: 7\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        main, ["curate", str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"), "--config", str(config)]
+    )
+    assert result.exit_code != 0
+    assert "threshold" in result.output and "Traceback" not in result.output

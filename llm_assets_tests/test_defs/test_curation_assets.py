@@ -1,0 +1,145 @@
+"""The curation chain through Dagster: per-source stages, corpus-wide stages, checks and the guardrail."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import dagster as dg
+import pyarrow.compute as pc
+import pytest
+
+from llm_assets.curation import pipeline
+from llm_assets.defs.curation.assets import (
+    curated_corpus,
+    deduplicated_shards,
+    normalized_shards,
+    perplexity_scored_shards,
+    pii_scrubbed_shards,
+    quality_filtered_shards,
+    reference_language_models,
+)
+from llm_assets.defs.ingestion.assets import raw_corpus
+from llm_assets.lake import LocalLakeStorage, read_dataset, read_manifest
+
+PER_SOURCE = [raw_corpus, normalized_shards, pii_scrubbed_shards]
+GLOBAL = [
+    deduplicated_shards,
+    quality_filtered_shards,
+    reference_language_models,
+    perplexity_scored_shards,
+    curated_corpus,
+]
+
+ENGLISH = [
+    "The committee approved the annual budget after a long debate about public transport and schools.",
+    "Citizens may submit their applications online or at the municipal office before the end of March.",
+    "The new regulation requires every public body to publish its datasets in an open and reusable format.",
+    "Hospitals in the region will receive additional funding for emergency services during the winter.",
+    "The ministry announced a consultation on the draft law concerning the protection of personal data.",
+    "Students who completed the programme received certificates from the regional education authority.",
+]
+GREEK = [
+    "Η επιτροπή ενέκρινε τον ετήσιο προϋπολογισμό μετά από μακρά συζήτηση για τις δημόσιες συγκοινωνίες.",
+    "Οι πολίτες μπορούν να υποβάλουν τις αιτήσεις τους ηλεκτρονικά ή στο δημοτικό κατάστημα έως τον Μάρτιο.",
+    "Ο νέος κανονισμός υποχρεώνει κάθε δημόσιο φορέα να δημοσιεύει τα δεδομένα του σε ανοικτό μορφότυπο.",
+    "Τα νοσοκομεία της περιφέρειας θα λάβουν πρόσθετη χρηματοδότηση για τις υπηρεσίες επειγόντων περιστατικών.",
+    "Το υπουργείο ανακοίνωσε δημόσια διαβούλευση για το σχέδιο νόμου σχετικά με την προστασία δεδομένων.",
+    "Οι φοιτητές που ολοκλήρωσαν το πρόγραμμα έλαβαν πιστοποιητικά από την περιφερειακή διεύθυνση εκπαίδευσης.",
+]
+
+
+def land(storage: LocalLakeStorage, name: str, texts: list[str], *, language: str, jurisdiction: str) -> None:
+    descriptor = (
+        f"name: {name}\nlicence: CC-BY-4.0\njurisdiction: {jurisdiction}\nsource_uri: https://example.org/{name}\n"
+        f"language: {language}\ndomain: public-administration\n"
+    )
+    storage.write_bytes(f"landing/{name}/source.yaml", descriptor.encode())
+    lines = "\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts) + "\n"
+    storage.write_bytes(f"landing/{name}/docs.jsonl", lines.encode())
+
+
+@pytest.fixture
+def landed(storage: LocalLakeStorage, instance: dg.DagsterInstance) -> LocalLakeStorage:
+    english = [*ENGLISH, ENGLISH[0], "Contact the office at maria.papadopoulou@example.gov.gr for details on the form."]
+    land(storage, "council", english, language="en", jurisdiction="EU")
+    land(storage, "dimos", [*GREEK, ENGLISH[1]], language="el", jurisdiction="GR")
+    instance.add_dynamic_partitions("sources", ["council", "dimos"])
+    return storage
+
+
+def run_per_source(instance, lake, sources=("council", "dimos")):  # type: ignore[no-untyped-def]
+    for source in sources:
+        result = dg.materialize(PER_SOURCE, partition_key=source, resources={"lake": lake}, instance=instance)
+        assert result.success
+
+
+def run_global(instance, lake, run_config=None):  # type: ignore[no-untyped-def]
+    return dg.materialize(
+        [*PER_SOURCE, *GLOBAL],
+        selection=GLOBAL,
+        resources={"lake": lake},
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+def test_curation_chain_end_to_end(landed, instance, lake) -> None:  # type: ignore[no-untyped-def]
+    storage = landed
+    run_per_source(instance, lake)
+    result = run_global(instance, lake)
+    assert result.success
+    failed = [
+        (e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations() if not e.passed
+    ]
+    assert failed == []
+
+    # Every stage accounts for every record, per source.
+    chain = [
+        pipeline.RAW,
+        pipeline.NORMALIZED,
+        pipeline.PII_SCRUBBED,
+        pipeline.DEDUPLICATED,
+        pipeline.QUALITY,
+        pipeline.PERPLEXITY,
+        pipeline.CURATED,
+    ]
+    for source in ("council", "dimos"):
+        for upstream, downstream in itertools.pairwise(chain):
+            rows_in = read_manifest(storage, upstream, source).rows
+            kept = read_manifest(storage, downstream, source).rows
+            rejected = read_manifest(storage, pipeline.rejects_dataset(downstream), source).rows
+            assert rows_in == kept + rejected, (source, downstream)
+
+    # The exact duplicate (inside council and across sources) is removed and its cluster recorded.
+    clusters = read_dataset(storage, read_manifest(storage, pipeline.DEDUP_CLUSTERS, None))
+    assert clusters.num_rows >= 3
+    dedup_rejects = read_dataset(
+        storage, read_manifest(storage, pipeline.rejects_dataset(pipeline.DEDUPLICATED), "council")
+    )
+    assert set(dedup_rejects.column("stage").to_pylist()) <= {"dedup"}
+
+    curated = read_dataset(storage, read_manifest(storage, pipeline.CURATED, "council"))
+    texts = " ".join(curated.column("text").to_pylist())
+    assert "maria.papadopoulou@example.gov.gr" not in texts and "[EMAIL]" in texts
+    assert set(curated.column("split").to_pylist()) <= {"train", "dev", "test"}
+    assert set(curated.column("domain").to_pylist()) == {"public-administration"}
+    assert pc.all(pc.is_valid(curated.column("lang"))).as_py()
+    greek = read_dataset(storage, read_manifest(storage, pipeline.CURATED, "dimos"))
+    assert "el" in greek.column("lang").to_pylist()
+
+
+def test_removal_guardrail_blocks_downstream(landed, instance, lake) -> None:  # type: ignore[no-untyped-def]
+    run_per_source(instance, lake)
+    strict = {"ops": {"deduplicated_shards": {"config": {"max_removal_fraction": 0.0}}}}
+    result = run_global(instance, lake, run_config=strict)
+    guardrail = next(
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.to_user_string() == "deduplicated_shards" and e.check_name == "removal_guardrail"
+    )
+    assert not guardrail.passed
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "deduplicated_shards" in materialized
+    assert "quality_filtered_shards" not in materialized  # blocked by the failed blocking check
