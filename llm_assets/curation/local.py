@@ -139,7 +139,7 @@ def curate_paths(
     sources = stage_inputs(storage, inputs)
     stages: list[dict[str, Any]] = []
 
-    ingest_in = ingest_kept = ingest_rejected = 0
+    ingest: dict[str, Any] = {"stage": "ingest", "in": 0, "kept": 0, "rejected": 0, "rejected_by_rule": {}}
     for source in sources:
         run = ingest_source(
             storage,
@@ -148,12 +148,12 @@ def curate_paths(
             max_rows_per_shard=settings.max_rows_per_shard,
             progress=progress,
         )
-        ingest_in, ingest_kept, ingest_rejected = (
-            ingest_in + run.units,
-            ingest_kept + run.kept,
-            ingest_rejected + run.rejected,
-        )
-    stages.append({"stage": "ingest", "in": ingest_in, "kept": ingest_kept, "rejected": ingest_rejected})
+        ingest["in"] += run.units
+        ingest["kept"] += run.kept
+        ingest["rejected"] += run.rejected
+        for rule, count in run.rejects_by_rule.items():
+            ingest["rejected_by_rule"][rule] = ingest["rejected_by_rule"].get(rule, 0) + count
+    stages.append(ingest)
 
     kw: dict[str, Any] = {"max_rows_per_shard": settings.max_rows_per_shard, "progress": progress}
     policy = load_policy(settings.pii_policy)

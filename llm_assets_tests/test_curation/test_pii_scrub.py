@@ -287,3 +287,31 @@ def test_invariant_in_equals_kept_plus_rejected(data: list[tuple[str, str | None
     assert out.stats["dropped_docs"] == out.rejects.num_rows
     assert sum(rescan_clean(out.kept.column("text").to_pylist()).values()) == 0
     assert_no_raw_pii(all_strings(out.events) if out.events is not None else "", all_strings(out.rejects))
+
+
+class _SpansNer:
+    """A stand-in NER backend that reports the spans it is given."""
+
+    name = "spans"
+
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
+        self.spans = spans
+
+    def analyze(self, text: str, kinds: frozenset[str]) -> list[tuple[str, int, int, str, float]]:
+        return [("person", start, end, "spans", 0.5) for start, end in self.spans]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 15)), max_size=25))
+def test_resolution_keeps_longest_disjoint_spans(raw: list[tuple[int, int]]) -> None:
+    spans = [(start, start + length) for start, length in raw]
+    hits = scan_text("x" * 80, ["person"], ner=_SpansNer(spans))
+    assert [h.start for h in hits] == sorted(h.start for h in hits)
+    for a, b in itertools.pairwise(hits):
+        assert a.end <= b.start
+    kept = {(h.start, h.end) for h in hits}
+    for start, end in spans:  # every span left out overlaps a kept one at least as long
+        assert (start, end) in kept or any(s < end and start < e and e - s >= end - start for s, e in kept), (
+            start,
+            end,
+        )

@@ -111,7 +111,7 @@ def _valid_date(year: int, month: int, day: int) -> bool:
 # ---------------------------------------------------------------------------------------------- candidates
 
 _EMAIL_DOMAIN = re.compile(
-    r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+(?:[^\W\d_]{2,24}|xn--[a-z0-9-]{1,59})(?![\w-])",
+    r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.){1,8}(?:[^\W\d_]{2,24}|xn--[a-z0-9-]{1,59})(?![\w-])",
 )
 _EMAIL_LOCAL_REVERSED = re.compile(r"[\w!#$%&'*+/=?^`{|}~.-]{1,64}")
 
@@ -177,7 +177,7 @@ def _reversed_words(words: str) -> str:
 
 
 _PHONE_BEFORE_REVERSED = re.compile(
-    rf"(?:[\s:.#=()\-]+|\b(?:{_reversed_words(_PHONE_FILLERS)})\b)*(?:{_reversed_words(_PHONE_WORDS)})\b(?!\[)",
+    rf"(?:[\s:.#=()\-]|\b(?:{_reversed_words(_PHONE_FILLERS)})\b){{0,24}}(?:{_reversed_words(_PHONE_WORDS)})\b(?!\[)",
     re.IGNORECASE,
 )
 _PHONE_AFTER = re.compile(r"[ \t]?[-(]?(?:office|fax|mobile|cell)\b", re.IGNORECASE)

@@ -1,0 +1,97 @@
+"""Faults across the chain: a killed dedup rerun gives the same output; hostile input is counted, not fatal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from llm_assets.curation import pipeline
+from llm_assets.curation.dedup import DedupConfig
+from llm_assets.curation.local import curate_paths, load_settings
+from llm_assets.curation.normalize import NormalizeConfig
+from llm_assets.curation.pii.policy import load_policy
+from llm_assets.curation.pii.scrub import PII_EVENT_SCHEMA
+from llm_assets.ingestion.run import ingest_source
+from llm_assets.lake import LocalLakeStorage, read_manifest
+
+SOURCES = ("alpha", "beta")
+
+
+def prepared_lake(root: Path) -> LocalLakeStorage:
+    """Two landed sources taken through ingestion, normalisation and PII scrubbing."""
+    storage = LocalLakeStorage(root)
+    base = "Paragraph {i} of the public register describes procedure {j} for municipal services in detail."
+    for n, source in enumerate(SOURCES):
+        storage.write_bytes(
+            f"landing/{source}/source.yaml",
+            f"name: {source}\nlicence: CC0-1.0\njurisdiction: EU\nsource_uri: https://example.org/{source}\n".encode(),
+        )
+        docs = [" ".join(base.format(i=i, j=(i + k) % 7) for k in range(12)) for i in range(400)]
+        docs += docs[n * 50 : n * 50 + 60]  # duplicates inside and across sources
+        lines = "\n".join(json.dumps({"text": d}) for d in docs) + "\n"
+        storage.write_bytes(f"landing/{source}/docs.jsonl", lines.encode())
+        ingest_source(storage, source, max_file_bytes=2**30, max_rows_per_shard=50)
+        pipeline.normalize_source(storage, source, NormalizeConfig(), max_rows_per_shard=50)
+        pipeline.scrub_source(
+            storage, source, load_policy("default"), salt="s", events_schema=PII_EVENT_SCHEMA, max_rows_per_shard=50
+        )
+    return storage
+
+
+DEDUP_CHILD = """
+import sys
+from llm_assets.curation import pipeline
+from llm_assets.curation.dedup import DedupConfig
+from llm_assets.lake import LocalLakeStorage
+pipeline.dedup_sources(LocalLakeStorage(sys.argv[1]), ["alpha", "beta"], DedupConfig(), max_rows_per_shard=50)
+"""
+
+
+def dedup_versions(storage: LocalLakeStorage) -> dict[str, str]:
+    versions = {s: read_manifest(storage, pipeline.DEDUPLICATED, s).data_version for s in SOURCES}
+    versions["clusters"] = read_manifest(storage, pipeline.DEDUP_CLUSTERS, None).data_version
+    return versions
+
+
+def test_dedup_killed_with_sigkill_reruns_to_the_same_output(tmp_path: Path) -> None:
+    clean = prepared_lake(tmp_path / "clean")
+    pipeline.dedup_sources(clean, list(SOURCES), DedupConfig(), max_rows_per_shard=50)
+    expected = dedup_versions(clean)
+
+    killed = prepared_lake(tmp_path / "killed")
+    child = subprocess.Popen([sys.executable, "-c", DEDUP_CHILD, str(tmp_path / "killed")])
+    deadline = time.monotonic() + 120
+    written = tmp_path / "killed" / "datasets" / pipeline.DEDUPLICATED
+    while time.monotonic() < deadline and child.poll() is None:
+        if written.exists() and any(written.rglob("*.parquet")):
+            break  # it is writing output shards: kill it mid-stage
+        time.sleep(0.005)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    pipeline.dedup_sources(killed, list(SOURCES), DedupConfig(), max_rows_per_shard=50)
+    assert dedup_versions(killed) == expected
+
+
+def test_hostile_input_is_counted_not_fatal(tmp_path: Path) -> None:
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    (folder / "empty.jsonl").write_bytes(b"")
+    (folder / "garbage.txt").write_bytes(os.urandom(4096))
+    big = ("Η δημόσια διοίκηση δημοσιεύει τις αποφάσεις της. The council publishes its decisions. " * 8) + "\n"
+    (folder / "huge.txt").write_text(big * (50 * 2**20 // len(big.encode())), encoding="utf-8")
+    all_pii = " ".join(f"user{i}@example.org +30 69{i:08d}" for i in range(200))
+    mixed = "Καλημέρα κόσμε, hello world, Привет мир, مرحبا بالعالم, 你好世界, and a bit more ordinary text here."
+    lines = [json.dumps({"text": t}, ensure_ascii=False) for t in (all_pii, mixed, "ok text of a normal document")]
+    (folder / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = curate_paths([folder], tmp_path / "out", load_settings(None, None))
+    for stage in manifest["stages"]:
+        assert stage["in"] == stage["kept"] + stage["rejected"], stage
+    ingest = manifest["stages"][0]
+    assert ingest["rejected_by_rule"].get("empty_file") == 1
+    assert ingest["rejected_by_rule"].get("bad_utf8") == 1
+    assert ingest["in"] == 6  # empty, garbage, huge, and three JSONL lines
