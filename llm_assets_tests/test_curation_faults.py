@@ -17,7 +17,7 @@ from llm_assets.curation.normalize import NormalizeConfig
 from llm_assets.curation.pii.policy import load_policy
 from llm_assets.curation.pii.scrub import PII_EVENT_SCHEMA
 from llm_assets.ingestion.run import ingest_source
-from llm_assets.lake import LocalLakeStorage, read_manifest
+from llm_assets.lake import LocalLakeStorage, read_dataset, read_manifest
 
 SOURCES = ("alpha", "beta")
 
@@ -95,3 +95,21 @@ def test_hostile_input_is_counted_not_fatal(tmp_path: Path) -> None:
     assert ingest["rejected_by_rule"].get("empty_file") == 1
     assert ingest["rejected_by_rule"].get("bad_utf8") == 1
     assert ingest["in"] == 6  # empty, garbage, huge, and three JSONL lines
+
+
+def test_incremental_dedup_only_removes_from_new_sources(tmp_path: Path) -> None:
+    storage = prepared_lake(tmp_path / "lake")
+    pipeline.dedup_sources(storage, ["alpha"], DedupConfig(), max_rows_per_shard=50)
+    alpha_before = read_manifest(storage, pipeline.DEDUPLICATED, "alpha").data_version
+    assert storage.exists(pipeline.DEDUP_INDEX_KEY)
+
+    run, _ = pipeline.dedup_sources(storage, list(SOURCES), DedupConfig(), incremental=True, max_rows_per_shard=50)
+    assert read_manifest(storage, pipeline.DEDUPLICATED, "alpha").data_version == alpha_before
+    assert list(run.rows_in) == ["beta"] and run.stats["frozen_sources"] == ["alpha"]
+    assert run.rejected["beta"] > 0  # beta repeats alpha's documents: dropped in favour of the frozen ones
+    clusters = read_dataset(storage, read_manifest(storage, pipeline.DEDUP_CLUSTERS, None)).to_pylist()
+    alpha_ids = set(
+        read_dataset(storage, read_manifest(storage, pipeline.DEDUPLICATED, "alpha")).column("id").to_pylist()
+    )
+    dropped_beta = [row for row in clusters if row["partition"] == "beta" and row["member_id"] != row["kept_id"]]
+    assert dropped_beta and all(row["kept_id"] in alpha_ids for row in dropped_beta if row["rule"] == "exact")

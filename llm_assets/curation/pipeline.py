@@ -8,6 +8,7 @@ keep one lake partition per source even for global stages, so later stages strea
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import time
 from collections import Counter
@@ -54,6 +55,7 @@ CURATED = "curated_corpus"
 PII_HITS = "pii_hits"
 DEDUP_CLUSTERS = "dedup_clusters"
 DEDUP_PARAGRAPH_EVENTS = "dedup_paragraph_events"
+DEDUP_INDEX_KEY = "indexes/dedup/frozen.arrow"
 REFERENCE_LM_PREFIX = "models/reference_lm"
 
 
@@ -262,45 +264,67 @@ def scrub_source(
     )
 
 
+def frozen_partitions(frozen_index: bytes) -> set[str]:
+    """The sources a frozen dedup index already holds."""
+    table = pa.ipc.open_stream(io.BytesIO(frozen_index)).read_all()
+    return set(table.column("partition").to_pylist())
+
+
 def dedup_sources(
     storage: LakeStorage,
     sources: Sequence[str],
     config: DedupConfig,
     *,
+    incremental: bool = False,
     max_rows_per_shard: int = 50_000,
     progress: Callable[[str], Any] = log.info,
 ) -> tuple[StageRun, DatasetManifest]:
-    """Global dedup: index every source's shards (signatures only), resolve clusters, then filter."""
-    with DedupIndex(config) as index:
-        for source in sorted(sources):
+    """Global dedup: index every source's shards (signatures only), resolve clusters, then filter.
+
+    With `incremental=True` and a frozen index in the lake (written by every run), only sources the frozen
+    index does not hold are indexed and filtered, against it: earlier sources are never changed. The new
+    frozen index is written last.
+    """
+    frozen = storage.read_bytes(DEDUP_INDEX_KEY) if incremental and storage.exists(DEDUP_INDEX_KEY) else None
+    done = frozen_partitions(frozen) if frozen is not None else set()
+    todo = sorted(s for s in sources if s not in done)
+    with DedupIndex.from_frozen(frozen, config) if frozen is not None else DedupIndex(config) as index:
+        for source in todo:
             for shard in iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source)):
                 index.add_batch(shard, partition=source)
             progress(f"dedup: indexed source '{source}' ({len(index)} documents so far)")
-        if index.verification_ids():
+        if index.verification_ids(incremental=frozen is not None):
             # Pairs near the threshold are decided on exact shingle sets: one more read of the shards.
-            for source in sorted(sources):
+            for source in todo:
                 for shard in iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source)):
                     index.add_shingle_sets(shard)
             progress("dedup: verified near-threshold pairs on exact shingle sets")
-        plan = index.resolve()
+        plan = index.resolve(incremental=frozen is not None)
+        frozen_next = index.freeze(plan)
     with ShardWriter(storage, DEDUP_CLUSTERS, None, plan.clusters.schema, max_rows_per_shard=max_rows_per_shard) as w:
         w.write(plan.clusters)
-        clusters_manifest = w.commit(extra={"config": config.model_dump()})
+        clusters_manifest = w.commit(extra={"config": config.model_dump(), "incremental": frozen is not None})
     run = run_batch_stage(
         storage,
         stage="dedup",
         input_dataset=PII_SCRUBBED,
         output_dataset=DEDUPLICATED,
         output_schema=RECORD_SCHEMA,
-        sources=sorted(sources),
+        sources=todo,
         batch_fn=lambda table, _source: apply_plan(table, plan),
         events_dataset=DEDUP_PARAGRAPH_EVENTS,
         events_schema=PARAGRAPH_EVENT_SCHEMA,
         max_rows_per_shard=max_rows_per_shard,
         progress=progress,
-        extra={"clusters_data_version": clusters_manifest.data_version},
+        extra={"clusters_data_version": clusters_manifest.data_version, "incremental": frozen is not None},
     )
-    run.stats["clusters"] = int(plan.clusters.num_rows and len(set(plan.clusters.column("cluster_id").to_pylist())))
+    for source in sorted(done.intersection(sources)):
+        # Untouched by an incremental run, but part of this version of the asset.
+        run.manifests[source] = input_manifest(storage, DEDUPLICATED, source)
+        run.reject_manifests[source] = input_manifest(storage, rejects_dataset(DEDUPLICATED), source)
+    storage.write_bytes(DEDUP_INDEX_KEY, frozen_next)
+    run.stats["clusters"] = len(set(plan.clusters.column("cluster_id").to_pylist()))
+    run.stats["frozen_sources"] = sorted(done)
     return run, clusters_manifest
 
 

@@ -54,6 +54,11 @@ class DedupStageConfig(StageConfig):
     threshold: float = Field(default=0.8, gt=0, lt=1)
     keep_rule: str = "longest"
     paragraph_level: bool = True
+    incremental: bool = Field(
+        default=False,
+        description="Deduplicate only sources new since the last run, against its frozen index; never "
+        "changes earlier sources.",
+    )
     max_removal_fraction: float = 0.5
 
 
@@ -270,6 +275,7 @@ def deduplicated_shards(
         storage,
         _sources(context),
         dedup_config,
+        incremental=config.incremental,
         max_rows_per_shard=config.max_rows_per_shard,
         progress=context.log.info,
     )
