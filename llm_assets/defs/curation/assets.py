@@ -89,6 +89,11 @@ class CuratedCorpusConfig(StageConfig):
     max_removal_fraction: float = 0.0
 
 
+def code_version_of(context: dg.AssetExecutionContext) -> str:
+    """The code version declared on the asset, so it is written in one place only."""
+    return context.assets_def.code_versions_by_key.get(context.asset_key) or "unversioned"
+
+
 def _sources(context: dg.AssetExecutionContext) -> list[str]:
     return sorted(context.instance.get_dynamic_partitions(sources_partitions.name or "sources"))
 
@@ -98,7 +103,6 @@ def _result(
     storage: LakeStorage,
     run: pipeline.StageRun,
     *,
-    code_version: str,
     config: dg.Config,
     checks: list[dg.AssetCheckResult],
     metadata: dict[str, object] | None = None,
@@ -107,7 +111,7 @@ def _result(
     record_materialization(
         context,
         storage,
-        code_version=code_version,
+        code_version=code_version_of(context),
         input_data_versions=run.input_versions,
         output_data_version=run.data_version,
         counts=run.counts(),
@@ -172,7 +176,7 @@ def normalized_shards(
         progress=context.log.info,
     )
     checks = _checks(context, storage, run, pipeline.RAW, config)
-    return _result(context, storage, run, code_version="normalized_shards-v1", config=config, checks=checks)
+    return _result(context, storage, run, config=config, checks=checks)
 
 
 def _pii_salt(storage: LakeStorage) -> str:
@@ -242,7 +246,6 @@ def pii_scrubbed_shards(
         context,
         storage,
         run,
-        code_version="pii_scrubbed_shards-v1",
         config=config,
         checks=[*_checks(context, storage, run, pipeline.NORMALIZED, config), rescan],
         metadata={
@@ -284,7 +287,6 @@ def deduplicated_shards(
         context,
         storage,
         run,
-        code_version="deduplicated_shards-v1",
         config=config,
         checks=_checks(context, storage, run, pipeline.PII_SCRUBBED, config),
         metadata={
@@ -327,7 +329,6 @@ def quality_filtered_shards(
         context,
         storage,
         run,
-        code_version="quality_filtered_shards-v1",
         config=config,
         checks=_checks(context, storage, run, pipeline.DEDUPLICATED, config),
         metadata={
@@ -362,7 +363,7 @@ def reference_language_models(
     record_materialization(
         context,
         storage,
-        code_version="reference_language_models-v1",
+        code_version=code_version_of(context),
         input_data_versions={f"quality_filtered_shards/{s}": "" for s in sources},
         output_data_version=version,
         counts={"models": len(models)},
@@ -419,7 +420,6 @@ def perplexity_scored_shards(
         context,
         storage,
         run,
-        code_version="perplexity_scored_shards-v1",
         config=config,
         checks=_checks(context, storage, run, pipeline.QUALITY, config),
         metadata={
@@ -496,7 +496,6 @@ def curated_corpus(
         context,
         storage,
         run,
-        code_version="curated_corpus-v1",
         config=config,
         checks=[*_checks(context, storage, run, pipeline.PERPLEXITY, config), contract_result],
         metadata={
