@@ -173,7 +173,7 @@ def test_line_counts_accumulate_across_shards() -> None:
     counts = count_lines(docs[:3], DEFAULT)
     counts = count_lines(iter(docs[3:]), DEFAULT, counts)
     assert counts == count_lines(docs, DEFAULT)
-    assert max(counts.values()) == 6
+    assert counts.max_count() == 6
 
 
 def test_greek_law_boilerplate_removed_but_article_headings_kept() -> None:
