@@ -68,14 +68,18 @@ def peak_tree_rss(child: subprocess.Popen[bytes]) -> int:
     return peak
 
 
-def chain(mb: float, seed: int, work: Path) -> dict[str, float]:
+def chain(mb: float, seed: int, work: Path, shard_rows: int = 1_000) -> dict[str, float]:
     """`llm-assets curate` in a child process: wall time and the child's peak RSS."""
     corpus = work / f"corpus-{mb:g}mb"
     text_bytes = write_corpus(mb, seed, corpus)
     cli = Path(sys.executable).with_name("llm-assets")
+    # The same shard size at every corpus size (~5 MB of text), so peak RSS compares like with like.
+    settings = work / "settings.yaml"
+    settings.write_text(f"max_rows_per_shard: {shard_rows}\n", encoding="utf-8")
     started = time.monotonic()
     child = subprocess.Popen(
-        [str(cli), "curate", str(corpus), "--out", str(work / f"out-{mb:g}mb")], stdout=subprocess.DEVNULL
+        [str(cli), "curate", str(corpus), "--out", str(work / f"out-{mb:g}mb"), "--config", str(settings)],
+        stdout=subprocess.DEVNULL,
     )
     peak = peak_tree_rss(child)
     if child.returncode:
