@@ -109,6 +109,19 @@ class StageRun:
         return {"in": self.total_in, "kept": self.total_kept, "rejected": self.total_rejected}
 
 
+class ColumnTally:
+    """Counts the values of some columns over every kept batch, e.g. documents per language or domain."""
+
+    def __init__(self, *columns: str) -> None:
+        self.counts: dict[str, dict[str, int]] = {column: {} for column in columns}
+
+    def __call__(self, table: pa.Table) -> None:
+        for column, counts in self.counts.items():
+            for item in pa.compute.value_counts(table.column(column)).to_pylist():
+                key = str(item["values"])
+                counts[key] = counts.get(key, 0) + int(item["counts"])
+
+
 def merge_stats(total: dict[str, Any], part: Mapping[str, Any]) -> None:
     """Adds numbers and merges nested count dicts, so per-batch stats sum to per-stage stats."""
     for key, value in part.items():
@@ -152,8 +165,12 @@ def run_batch_stage(
     max_rows_per_shard: int = 50_000,
     progress: Callable[[str], Any] = log.info,
     extra: Mapping[str, Any] | None = None,
+    on_kept: Callable[[pa.Table], Any] | None = None,
 ) -> StageRun:
-    """Streams every shard of `input_dataset` for each source through `batch_fn(table, source)`."""
+    """Streams every shard of `input_dataset` for each source through `batch_fn(table, source)`.
+
+    `on_kept` sees every kept batch as it is written (for figures and plots, without reading it back).
+    """
     run = StageRun(stage=stage, dataset=output_dataset)
     started = time.monotonic()
     for number, source in enumerate(sources, start=1):
@@ -189,6 +206,8 @@ def run_batch_stage(
                         f"{out.rejects.num_rows} rejected; a stage must account for every record"
                     )
                 kept_writer.write(out.kept)
+                if on_kept is not None:
+                    on_kept(out.kept)
                 reject_writer.write(out.rejects)
                 if events_writer is not None and out.events is not None:
                     events_writer.write(out.events)

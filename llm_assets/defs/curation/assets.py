@@ -7,6 +7,7 @@ import os
 import secrets
 
 import dagster as dg
+import pyarrow as pa
 from pydantic import Field
 
 from llm_assets.curation import pipeline
@@ -313,18 +314,16 @@ def quality_filtered_shards(
     """Language identification and heuristic quality filters with per-language thresholds."""
     storage = lake.storage()
     quality_config = QualityConfig(allowed_languages=config.allowed_languages)
+    tally = pipeline.ColumnTally("lang")
     run = pipeline.quality_sources(
         storage,
         _sources(context),
         quality_config,
         max_rows_per_shard=config.max_rows_per_shard,
         progress=context.log.info,
+        on_kept=tally,
     )
-    languages: dict[str, float] = {}
-    for manifest in run.manifests.values():
-        for shard in iter_shards(storage, manifest):
-            for lang in shard.column("lang").to_pylist():
-                languages[lang] = languages.get(lang, 0) + 1
+    languages = tally.counts["lang"]
     return _result(
         context,
         storage,
@@ -401,6 +400,13 @@ def perplexity_scored_shards(
     ppl_config = PerplexityConfig(
         order=config.order, upper_percentile=config.upper_percentile, lower_percentile=config.lower_percentile
     )
+    samples: dict[str, list[float]] = {}
+
+    def collect(table: pa.Table) -> None:
+        for lang, ppl in zip(table.column("lang").to_pylist(), table.column("perplexity").to_pylist(), strict=True):
+            if ppl is not None:
+                samples.setdefault(lang, []).append(ppl)
+
     run, bounds = pipeline.perplexity_sources(
         storage,
         _sources(context),
@@ -408,13 +414,8 @@ def perplexity_scored_shards(
         ppl_config,
         max_rows_per_shard=config.max_rows_per_shard,
         progress=context.log.info,
+        on_kept=collect,
     )
-    samples: dict[str, list[float]] = {}
-    for manifest in run.manifests.values():
-        for shard in iter_shards(storage, manifest):
-            for lang, ppl in zip(shard.column("lang").to_pylist(), shard.column("perplexity").to_pylist(), strict=True):
-                if ppl is not None:
-                    samples.setdefault(lang, []).append(ppl)
     top = dict(sorted(samples.items(), key=lambda kv: -len(kv[1]))[:6])
     return _result(
         context,
@@ -457,9 +458,11 @@ def curated_corpus(
     landing = scan_landing(storage)
     domain_by_source = {name: (src.descriptor.domain if src.descriptor else "general") for name, src in landing.items()}
     ratios = {"train": config.train, "dev": config.dev, "test": config.test}
+    tally = pipeline.ColumnTally("lang", "domain", "split", "jurisdiction")
     run = pipeline.curate_sources(
         storage,
         sources,
+        on_kept=tally,
         domain_by_source=domain_by_source,
         ratios=ratios,
         salt=config.split_salt,
@@ -486,12 +489,7 @@ def curated_corpus(
         data_version=run.data_version,
         figures={"shards": contract.shards, "failures": len(contract.failures)},
     )
-    coverage: dict[str, dict[str, int]] = {"lang": {}, "domain": {}, "split": {}, "jurisdiction": {}}
-    for manifest in run.manifests.values():
-        for shard in iter_shards(storage, manifest):
-            for column, counts in coverage.items():
-                for value in shard.column(column).to_pylist():
-                    counts[value] = counts.get(value, 0) + 1
+    coverage = tally.counts
     return _result(
         context,
         storage,
