@@ -75,7 +75,8 @@ def _print_runs(runs: list[Any]) -> None:
         click.echo(f"    checks: {passed}/{len(run.checks)} passed")
         for check in run.checks:
             if not check.passed:
-                click.echo(f"    check FAILED: {check.asset}:{check.check}")
+                label = "FAILED" if check.blocking_severity else "warning"
+                click.echo(f"    check {label}: {check.asset}:{check.check}")
         if run.error:
             click.echo(f"    error: {run.error}")
 

@@ -12,6 +12,7 @@ import dagster as dg
 
 from llm_assets.defs.curation.definitions import curation_definitions
 from llm_assets.defs.ingestion.definitions import ingestion_definitions
+from llm_assets.defs.training.definitions import training_definitions
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
 
 
@@ -32,7 +33,7 @@ def lake_resource_from_env() -> LakeResource:
 
 
 def build_definitions() -> dg.Definitions:
-    stages = dg.Definitions.merge(ingestion_definitions(), curation_definitions())
+    stages = dg.Definitions.merge(ingestion_definitions(), curation_definitions(), training_definitions())
     return dg.Definitions.merge(stages, dg.Definitions(resources={"lake": lake_resource_from_env()}))
 
 

@@ -27,6 +27,7 @@ class CheckOutcome:
     asset: str
     check: str
     passed: bool
+    blocking_severity: bool = True  # False for WARN checks: a failure is reported, nothing is stopped
 
 
 @dataclass
@@ -94,7 +95,14 @@ def execute(
             )
         )
     for evaluation in result.get_asset_check_evaluations():
-        run.checks.append(CheckOutcome(evaluation.asset_key.to_user_string(), evaluation.check_name, evaluation.passed))
+        run.checks.append(
+            CheckOutcome(
+                evaluation.asset_key.to_user_string(),
+                evaluation.check_name,
+                evaluation.passed,
+                evaluation.severity != dg.AssetCheckSeverity.WARN,
+            )
+        )
     return run
 
 

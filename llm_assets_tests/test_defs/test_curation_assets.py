@@ -20,6 +20,7 @@ from llm_assets.defs.curation.assets import (
     reference_language_models,
 )
 from llm_assets.defs.ingestion.assets import raw_corpus
+from llm_assets.defs.training.assets import tokenizer
 from llm_assets.lake import LocalLakeStorage, read_dataset, read_manifest
 
 PER_SOURCE = [raw_corpus, normalized_shards, pii_scrubbed_shards]
@@ -128,6 +129,14 @@ def test_curation_chain_end_to_end(landed, instance, lake) -> None:  # type: ign
     assert pc.all(pc.is_valid(curated.column("lang"))).as_py()
     greek = read_dataset(storage, read_manifest(storage, pipeline.CURATED, "dimos"))
     assert "el" in greek.column("lang").to_pylist()
+
+    # The tokenizer trains on the curated train split and lands in the lake, loadable by transformers.
+    trained = dg.materialize(
+        [*PER_SOURCE, *GLOBAL, tokenizer], selection=[tokenizer], resources={"lake": lake}, instance=instance
+    )
+    meta = trained.asset_materializations_for_node("tokenizer")[0].metadata
+    assert meta["vocab_size"].value > 256
+    assert storage.exists(f"models/tokenizer/{meta['sha256'].value[:16]}/tokenizer.json")
 
 
 def test_removal_guardrail_blocks_downstream(landed, instance, lake) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,117 @@
+"""Training-stage assets. `tokenizer`: byte-level BPE trained on the curated train split, stored in the lake."""
+
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from llm_assets.curation import pipeline
+from llm_assets.defs.audit_trail import record_check, record_materialization
+from llm_assets.defs.curation.assets import code_version_of, curated_corpus
+from llm_assets.defs.ingestion.partitions import sources_partitions
+from llm_assets.lake import LakeStorage, iter_shards
+from llm_assets.plots import bar_chart
+from llm_assets.resources.lake import LakeResource
+from llm_assets.training.tokenizer import TokenizerConfig, fertility, save_pretrained, train_bpe_tokenizer
+
+TOKENIZER_PREFIX = "models/tokenizer"
+
+
+class TokenizerAssetConfig(dg.Config):
+    vocab_size: int = Field(default=8_000, ge=300, le=256_000)
+    min_frequency: int = Field(default=2, ge=1)
+    max_fertility: float = Field(default=3.0, gt=0, description="Tokens per word above which a language warns.")
+    fertility_docs_per_language: int = Field(default=200, gt=0)
+
+
+def _texts(storage: LakeStorage, sources: list[str], split: str) -> Iterator[tuple[str, str]]:
+    """(language, text) of the curated records of one split, shard by shard."""
+    for source in sources:
+        for shard in iter_shards(storage, pipeline.input_manifest(storage, pipeline.CURATED, source)):
+            for text, lang, row_split in zip(
+                shard.column("text").to_pylist(),
+                shard.column("lang").to_pylist(),
+                shard.column("split").to_pylist(),
+                strict=True,
+            ):
+                if row_split == split:
+                    yield lang or "und", text
+
+
+@dg.asset(
+    deps=[curated_corpus],
+    group_name="training",
+    code_version="tokenizer-v1",
+    automation_condition=dg.AutomationCondition.eager(),
+    kinds={"huggingface"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "fertility_within_band",
+            asset="tokenizer",
+            description="No language needs more than max_fertility tokens per word on held-out text.",
+        )
+    ],
+)
+def tokenizer(
+    context: dg.AssetExecutionContext, config: TokenizerAssetConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    """The tokenizer the embedded default trains its own model with (production stages an open model's)."""
+    storage = lake.storage()
+    sources = sorted(context.instance.get_dynamic_partitions(sources_partitions.name or "sources"))
+    trained = train_bpe_tokenizer(
+        (text for _lang, text in _texts(storage, sources, "train")),
+        TokenizerConfig(vocab_size=config.vocab_size, min_frequency=config.min_frequency),
+    )
+    # Fertility on held-out (dev) text; a language with no dev document is measured on its train text.
+    held_out: dict[str, list[str]] = {}
+    measured_on: dict[str, str] = {}
+    for split in ("dev", "train"):
+        for lang, text in _texts(storage, sources, split):
+            if measured_on.setdefault(lang, split) != split:
+                continue
+            docs = held_out.setdefault(lang, [])
+            if len(docs) < config.fertility_docs_per_language:
+                docs.append(text)
+    per_language = fertility(trained, held_out)
+    with tempfile.TemporaryDirectory() as tmp:
+        sha256 = save_pretrained(trained, Path(tmp))
+        prefix = f"{TOKENIZER_PREFIX}/{sha256[:16]}"
+        for path in sorted(Path(tmp).iterdir()):
+            storage.write_bytes(f"{prefix}/{path.name}", path.read_bytes())
+    storage.write_bytes(f"{TOKENIZER_PREFIX}/current.json", json.dumps({"sha256": sha256, "prefix": prefix}).encode())
+    too_high = {lang: round(f, 3) for lang, f in per_language.items() if f > config.max_fertility}
+    check = dg.AssetCheckResult(
+        check_name="fertility_within_band",
+        passed=not too_high,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"above_band": dg.MetadataValue.json(too_high), "max_fertility": config.max_fertility},
+    )
+    record_check(
+        context, storage, check_name="fertility_within_band", passed=check.passed, data_version=sha256, figures=too_high
+    )
+    record_materialization(
+        context,
+        storage,
+        code_version=code_version_of(context),
+        input_data_versions={
+            f"curated_corpus/{s}": pipeline.input_manifest(storage, pipeline.CURATED, s).data_version for s in sources
+        },
+        output_data_version=sha256,
+        counts={"vocab_size": trained.get_vocab_size(), "languages": len(per_language)},
+        config=config.model_dump(),
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(sha256),
+        check_results=[check],
+        metadata={
+            "vocab_size": trained.get_vocab_size(),
+            "sha256": sha256,
+            "location": dg.MetadataValue.path(storage.uri(prefix)),
+            "fertility": dg.MetadataValue.json({k: round(v, 3) for k, v in per_language.items()}),
+            "fertility_measured_on": dg.MetadataValue.json(measured_on),
+            "fertility_plot": dg.MetadataValue.md(bar_chart(per_language or {"none": 0.0}, title="Tokens per word")),
+        },
+    )

@@ -1,0 +1,1 @@
+"""Training: tokenizer and model bootstrap, continued pre-training, LoRA SFT (pure, no Dagster imports)."""
