@@ -20,7 +20,7 @@ from llm_assets.defs.curation.assets import (
     reference_language_models,
 )
 from llm_assets.defs.ingestion.assets import raw_corpus
-from llm_assets.defs.training.assets import tokenizer
+from llm_assets.defs.training.assets import base_model, tokenizer
 from llm_assets.lake import LocalLakeStorage, read_dataset, read_manifest
 
 PER_SOURCE = [raw_corpus, normalized_shards, pii_scrubbed_shards]
@@ -137,6 +137,23 @@ def test_curation_chain_end_to_end(landed, instance, lake) -> None:  # type: ign
     meta = trained.asset_materializations_for_node("tokenizer")[0].metadata
     assert meta["vocab_size"].value > 256
     assert storage.exists(f"models/tokenizer/{meta['sha256'].value[:16]}/tokenizer.json")
+
+    # The base model is bootstrapped from that tokenizer; a staged model that is not there fails clearly.
+    everything = [*PER_SOURCE, *GLOBAL, tokenizer, base_model]
+    built = dg.materialize(everything, selection=[base_model], resources={"lake": lake}, instance=instance)
+    model_meta = built.asset_materializations_for_node("base_model")[0].metadata
+    assert model_meta["architecture"].value == "LlamaForCausalLM"
+    assert "model.safetensors" in model_meta["files_sha256"].value
+    missing = dg.materialize(
+        everything,
+        selection=[base_model],
+        resources={"lake": lake},
+        instance=instance,
+        run_config={"ops": {"base_model": {"config": {"source": "path:/nonexistent/model"}}}},
+        raise_on_error=False,
+    )
+    failure = next(e for e in missing.all_events if e.is_step_failure)
+    assert "/nonexistent/model: not a folder" in failure.step_failure_data.error.message
 
 
 def test_removal_guardrail_blocks_downstream(landed, instance, lake) -> None:  # type: ignore[no-untyped-def]

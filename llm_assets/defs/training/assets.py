@@ -1,6 +1,7 @@
 """Training-stage assets. `tokenizer`: byte-level BPE trained on the curated train split, stored in the lake."""
 
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,14 @@ from llm_assets.defs.ingestion.partitions import sources_partitions
 from llm_assets.lake import LakeStorage, iter_shards
 from llm_assets.plots import bar_chart
 from llm_assets.resources.lake import LakeResource
+from llm_assets.training.base_model import (
+    ModelError,
+    TinyLlamaConfig,
+    bootstrap_tiny_llama,
+    download_prefix,
+    upload_folder,
+    validate_model_dir,
+)
 from llm_assets.training.tokenizer import TokenizerConfig, fertility, save_pretrained, train_bpe_tokenizer
 
 TOKENIZER_PREFIX = "models/tokenizer"
@@ -113,5 +122,88 @@ def tokenizer(
             "fertility": dg.MetadataValue.json({k: round(v, 3) for k, v in per_language.items()}),
             "fertility_measured_on": dg.MetadataValue.json(measured_on),
             "fertility_plot": dg.MetadataValue.md(bar_chart(per_language or {"none": 0.0}, title="Tokens per word")),
+        },
+    )
+
+
+BASE_MODEL_PREFIX = "models/base"
+
+
+class BaseModelConfig(dg.Config):
+    source: str = Field(
+        default="",
+        description="Empty: bootstrap a tiny Llama from the tokenizer. 'path:/dir' or 'lake:prefix': a model the "
+        "operator staged (config.json, tokenizer, *.safetensors); nothing is downloaded from a hub.",
+    )
+    hidden_size: int = Field(default=64, ge=16)
+    intermediate_size: int = Field(default=172, ge=16)
+    num_hidden_layers: int = Field(default=2, ge=1)
+    num_attention_heads: int = Field(default=4, ge=1)
+    num_key_value_heads: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
+def _current_tokenizer(storage: LakeStorage, dest: Path) -> Path:
+    current = json.loads(storage.read_bytes(f"{TOKENIZER_PREFIX}/current.json"))
+    return download_prefix(storage, current["prefix"], dest)
+
+
+@dg.asset(
+    deps=[tokenizer],
+    group_name="training",
+    code_version="base_model-v1",
+    automation_condition=dg.AutomationCondition.eager(),
+    kinds={"huggingface", "pytorch"},
+)
+def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, lake: LakeResource) -> dg.MaterializeResult:
+    """The base model every adaptation starts from, validated and identified by the SHA-256 of its files."""
+    storage = lake.storage()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        try:
+            if not config.source:
+                tiny = TinyLlamaConfig(
+                    hidden_size=config.hidden_size,
+                    intermediate_size=config.intermediate_size,
+                    num_hidden_layers=config.num_hidden_layers,
+                    num_attention_heads=config.num_attention_heads,
+                    num_key_value_heads=config.num_key_value_heads,
+                    seed=config.seed,
+                )
+                card = bootstrap_tiny_llama(_current_tokenizer(storage, work / "tokenizer"), tiny, work / "model")
+            elif config.source.startswith("path:"):
+                staged = Path(config.source.removeprefix("path:"))
+                validate_model_dir(staged)
+                shutil.copytree(staged, work / "model")
+                card = validate_model_dir(work / "model")
+            elif config.source.startswith("lake:"):
+                card = validate_model_dir(download_prefix(storage, config.source.removeprefix("lake:"), work / "model"))
+            else:
+                raise ModelError(f"source {config.source!r}: use '', 'path:/dir' or 'lake:prefix'")
+        except ModelError as exc:
+            raise dg.Failure(str(exc).splitlines()[0]) from exc
+        prefix = f"{BASE_MODEL_PREFIX}/{card.version[:16]}"
+        upload_folder(storage, work / "model", prefix)
+    storage.write_bytes(
+        f"{BASE_MODEL_PREFIX}/current.json", json.dumps({"version": card.version, "prefix": prefix}).encode()
+    )
+    record_materialization(
+        context,
+        storage,
+        code_version=code_version_of(context),
+        input_data_versions={"source": config.source or "bootstrap"},
+        output_data_version=card.version,
+        counts={"parameters": card.parameters, "files": len(card.files)},
+        config=config.model_dump(),
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(card.version),
+        metadata={
+            "architecture": card.architecture,
+            "parameters": card.parameters,
+            "vocab_size": card.vocab_size,
+            "source": config.source or "bootstrapped from the tokenizer (random init)",
+            "location": dg.MetadataValue.path(storage.uri(prefix)),
+            "files_sha256": dg.MetadataValue.json(card.files),
         },
     )
