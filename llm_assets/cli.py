@@ -66,7 +66,7 @@ def _print_runs(runs: list[Any]) -> None:
     click.echo("Materialized:")
     for run in runs:
         state = "ok" if run.success else "FAILED"
-        click.echo(f"  source {run.partition:<16} run {run.run_id[:8]}  {state}")
+        click.echo(f"  partition {run.partition:<18} run {run.run_id[:8]}  {state}")
         for mat in run.materialized:
             rows = f"{mat.rows} rows" if mat.rows is not None else ""
             version = f"data version {mat.data_version[:12]}" if mat.data_version else ""

@@ -9,7 +9,8 @@ from typing import Any
 import dagster as dg
 
 from llm_assets.defs.ingestion.partitions import sources_partitions
-from llm_assets.defs.jobs import CORPUS_PIPELINE_JOB, CURATION_JOB
+from llm_assets.defs.jobs import CORPUS_PIPELINE_JOB, CURATION_JOB, SFT_JOB
+from llm_assets.defs.training.assets import SFT_TASKS
 from llm_assets.ingestion.landing import scan_landing
 from llm_assets.lake import LakeStorage
 
@@ -122,4 +123,13 @@ def run_corpus_pipeline(
     if curate and all(run.success for run in runs):
         log(f"{CURATION_JOB} over all sources ...")
         runs.append(execute(defs, instance, CURATION_JOB, None))
+        if runs[-1].success and _has_sft_sources(partitions):
+            for task in SFT_TASKS.get_partition_keys():
+                log(f"{SFT_JOB} for task '{task}' ...")
+                runs.append(execute(defs, instance, SFT_JOB, task))
     return runs
+
+
+def _has_sft_sources(partitions: Sequence[str]) -> bool:
+    """The demo's SFT tasks are built from the bundled Banking77 and civics sources."""
+    return {"banking77", "uscis_civics"} <= set(partitions)

@@ -20,7 +20,7 @@ from llm_assets.defs.curation.assets import (
     reference_language_models,
 )
 from llm_assets.defs.ingestion.assets import raw_corpus
-from llm_assets.defs.training.assets import base_model, tokenizer
+from llm_assets.defs.training.assets import base_model, sft_dataset, tokenizer
 from llm_assets.lake import LocalLakeStorage, read_dataset, read_manifest
 
 PER_SOURCE = [raw_corpus, normalized_shards, pii_scrubbed_shards]
@@ -154,6 +154,19 @@ def test_curation_chain_end_to_end(landed, instance, lake) -> None:  # type: ign
     )
     failure = next(e for e in missing.all_events if e.is_step_failure)
     assert "/nonexistent/model: not a folder" in failure.step_failure_data.error.message
+
+    # An SFT task built from a source without intent labels has no examples: the blocking gate fails.
+    gated = dg.materialize(
+        [*PER_SOURCE, *GLOBAL, sft_dataset],
+        selection=[sft_dataset],
+        partition_key="banking77_intents",
+        resources={"lake": lake},
+        instance=instance,
+        run_config={"ops": {"sft_dataset": {"config": {"banking_source": "council"}}}},
+        raise_on_error=False,
+    )
+    outcomes = {e.check_name: e.passed for e in gated.get_asset_check_evaluations()}
+    assert outcomes["enough_examples"] is False
 
 
 def test_removal_guardrail_blocks_downstream(landed, instance, lake) -> None:  # type: ignore[no-untyped-def]

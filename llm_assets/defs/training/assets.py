@@ -4,6 +4,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +14,7 @@ from llm_assets.curation import pipeline
 from llm_assets.defs.audit_trail import record_check, record_materialization
 from llm_assets.defs.curation.assets import code_version_of, curated_corpus
 from llm_assets.defs.ingestion.partitions import sources_partitions
-from llm_assets.lake import LakeStorage, iter_shards
+from llm_assets.lake import LakeError, LakeStorage, iter_shards
 from llm_assets.plots import bar_chart
 from llm_assets.resources.lake import LakeResource
 from llm_assets.training.base_model import (
@@ -23,6 +24,14 @@ from llm_assets.training.base_model import (
     download_prefix,
     upload_folder,
     validate_model_dir,
+)
+from llm_assets.training.sft_data import (
+    choose_intents,
+    intent_examples,
+    manifest,
+    qa_examples,
+    quality_figures,
+    to_jsonl,
 )
 from llm_assets.training.tokenizer import TokenizerConfig, fertility, save_pretrained, train_bpe_tokenizer
 
@@ -205,5 +214,122 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, lake:
             "source": config.source or "bootstrapped from the tokenizer (random init)",
             "location": dg.MetadataValue.path(storage.uri(prefix)),
             "files_sha256": dg.MetadataValue.json(card.files),
+        },
+    )
+
+
+SFT_TASKS = dg.StaticPartitionsDefinition(["banking77_intents", "civics_qa"])
+SFT_PREFIX = "datasets_export/sft"
+
+
+class SftDatasetConfig(dg.Config):
+    banking_source: str = "banking77"
+    civics_source: str = "uscis_civics"
+    intents: int = Field(default=8, ge=2, le=77, description="How many Banking77 intents the demo task uses.")
+    min_examples: int = Field(default=50, ge=1)
+    max_duplicate_prompt_ratio: float = Field(default=0.05, ge=0, le=1)
+
+
+def _curated_records(storage: LakeStorage, source: str) -> list[dict[str, object]]:
+    return [
+        row
+        for shard in iter_shards(storage, pipeline.input_manifest(storage, pipeline.CURATED, source))
+        for row in shard.select(["id", "text", "metadata", "split"]).to_pylist()
+    ]
+
+
+@dg.asset(
+    deps=[curated_corpus],
+    partitions_def=SFT_TASKS,
+    group_name="training",
+    code_version="sft_dataset-v1",
+    kinds={"parquet", "json"},
+    check_specs=[
+        dg.AssetCheckSpec("enough_examples", asset="sft_dataset", blocking=True),
+        dg.AssetCheckSpec("no_structured_pii", asset="sft_dataset", blocking=True),
+        dg.AssetCheckSpec("duplicate_prompt_ratio", asset="sft_dataset", blocking=True),
+    ],
+)
+def sft_dataset(
+    context: dg.AssetExecutionContext, config: SftDatasetConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    """Instruction data per task in prompt/completion and chat `messages` JSONL, with its data manifest."""
+    storage = lake.storage()
+    task = context.partition_key
+    source = config.banking_source if task == "banking77_intents" else config.civics_source
+    try:
+        records = _curated_records(storage, source)
+    except LakeError as exc:
+        raise dg.Failure(f"sft_dataset {task}: {exc}") from exc
+    if task == "banking77_intents":
+        intents = choose_intents(records, config.intents)
+        examples = intent_examples(records, intents)
+        description = f"Banking77 intent classification over {len(intents)} intents: {', '.join(intents)}"
+    else:
+        examples = qa_examples(records)
+        description = "USCIS civics questions answered with their first accepted answer"
+    source_version = pipeline.input_manifest(storage, pipeline.CURATED, source).data_version
+    figures = quality_figures(examples)
+    data_manifest = manifest(
+        task,
+        examples,
+        description=description,
+        source_versions={f"curated_corpus/{source}": source_version},
+        code_version=code_version_of(context),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    prefix = f"{SFT_PREFIX}/{task}/{data_manifest['version'][:16]}"
+    for split in ("train", "test"):
+        part = [e for e in examples if e.split == split]
+        for form in ("prompt_completion", "messages"):
+            storage.write_bytes(f"{prefix}/{split}.{form}.jsonl", to_jsonl(part, form))
+    storage.write_bytes(f"{prefix}/manifest.json", json.dumps(data_manifest, indent=2, ensure_ascii=False).encode())
+    storage.write_bytes(f"{SFT_PREFIX}/{task}/current.json", json.dumps({"prefix": prefix}).encode())
+    checks = [
+        dg.AssetCheckResult(
+            check_name="enough_examples",
+            passed=figures["train"] >= config.min_examples and figures["test"] > 0,
+            metadata={"train": figures["train"], "test": figures["test"], "min_examples": config.min_examples},
+        ),
+        dg.AssetCheckResult(
+            check_name="no_structured_pii",
+            passed=not figures["pii_left"],
+            metadata={"pii_left": dg.MetadataValue.json(figures["pii_left"])},
+        ),
+        dg.AssetCheckResult(
+            check_name="duplicate_prompt_ratio",
+            passed=figures["duplicate_prompt_ratio"] <= config.max_duplicate_prompt_ratio,
+            metadata={
+                "ratio": dg.MetadataValue.float(figures["duplicate_prompt_ratio"]),
+                "max": config.max_duplicate_prompt_ratio,
+            },
+        ),
+    ]
+    for check in checks:
+        record_check(
+            context,
+            storage,
+            check_name=check.check_name or "",
+            passed=check.passed,
+            data_version=data_manifest["version"],
+            figures={k: v.value if hasattr(v, "value") else v for k, v in (check.metadata or {}).items()},
+        )
+    record_materialization(
+        context,
+        storage,
+        code_version=code_version_of(context),
+        input_data_versions=data_manifest["source_data_versions"],
+        output_data_version=data_manifest["version"],
+        counts={"examples": figures["examples"], "train": figures["train"], "test": figures["test"]},
+        config=config.model_dump(),
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(data_manifest["version"]),
+        check_results=checks,
+        metadata={
+            "dagster/row_count": figures["examples"],
+            "manifest": dg.MetadataValue.json(data_manifest),
+            "location": dg.MetadataValue.path(storage.uri(prefix)),
+            "example": dg.MetadataValue.json(examples[0].messages() if examples else []),
         },
     )
