@@ -6,6 +6,7 @@ Errors are one line naming the file/record and what to do, with a non-zero exit 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -188,6 +189,112 @@ def ui(port: int) -> None:
     target = ["-w", str(workspace)] if workspace.is_file() else ["-m", "llm_assets.definitions"]
     click.echo(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); Ctrl-C stops it")
     raise SystemExit(subprocess.call([dagster, "dev", "-h", "127.0.0.1", "-p", str(port), *target], cwd=project_home()))
+
+
+def _option_for(name: str, field: Any) -> click.Option:
+    """A click option for one config field; its default stays the config's own (only given values are passed)."""
+    import typing
+
+    annotation = field.annotation
+    default = field.get_default(call_default_factory=True)
+    shown = json.dumps(default) if isinstance(default, dict | list) else default
+    from llm_assets.training.config import TrainingConfig
+
+    shared = TrainingConfig.model_fields.get(name)
+    description = field.description or (shared.description if shared else None) or ""
+    help_text = f"{description} [default: {shown}]".strip()
+    flag = "--" + name.replace("_", "-")
+    if annotation is bool:
+        return click.Option([f"{flag}/--no-{name.replace('_', '-')}", name], default=None, help=help_text)
+    if typing.get_origin(annotation) is typing.Literal:
+        return click.Option(
+            [flag, name], type=click.Choice([str(v) for v in typing.get_args(annotation)]), help=help_text
+        )
+    if typing.get_origin(annotation) is list:
+        return click.Option([flag, name], type=str, help=f"Comma-separated. {help_text}")
+    if typing.get_origin(annotation) is dict:
+        return click.Option([flag, name], type=str, help=f"JSON object. {help_text}")
+    kind = {int: int, float: float}.get(annotation, str)
+    return click.Option([flag, name], type=kind, help=help_text)
+
+
+def _given_values(model: Any, values: dict[str, Any]) -> dict[str, Any]:
+    import typing
+
+    given = {}
+    for name, value in values.items():
+        if value is None or name in ("task",):
+            continue
+        annotation = model.model_fields[name].annotation
+        if typing.get_origin(annotation) is list:
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        elif typing.get_origin(annotation) is dict:
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise UserError(f"--{name.replace('_', '-')}: not a JSON object ({exc})") from exc
+        given[name] = value
+    try:
+        model(**given)  # validate here: a bad value is one line before any run starts
+    except ValueError as exc:
+        details = [line.strip() for line in str(exc).splitlines()[1:3]]
+        raise UserError(f"invalid training config: {' '.join(details)}") from exc
+    return given
+
+
+def _training_command(name: str, model: Any, asset: str, job: str, tasks: list[str] | None) -> click.Command:
+    def callback(**values: Any) -> None:
+        import dagster as dg
+
+        from llm_assets.definitions import defs
+        from llm_assets.defs.launch import execute
+        from llm_assets.instance import ensure_dagster_home
+
+        task = values.get("task")
+        given = _given_values(model, values)
+        ensure_dagster_home()
+        with dg.DagsterInstance.get() as instance:
+            click.echo(
+                f"{job}: {asset}{f' [{task}]' if task else ''} with {json.dumps(given) if given else 'defaults'}"
+            )
+            run = execute(defs, instance, job, task, ops_config={asset: given})
+        _print_runs([run])
+        if not run.success:
+            raise SystemExit(1)
+
+    params: list[click.Parameter] = []
+    if tasks is not None:
+        params.append(click.Option(["--task"], type=click.Choice(tasks), required=True, help="Which task's adapter."))
+    params += [_option_for(field_name, field) for field_name, field in model.model_fields.items()]
+    doc = (model.__doc__ or "").strip().splitlines()
+    return click.Command(name, callback=one_line_errors(callback), params=params, help=doc[0] if doc else None)
+
+
+class _TrainGroup(click.Group):
+    """Built on first use, so `llm-assets --help` does not import the training stack."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return ["cpt", "sft"]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from llm_assets.defs.jobs import CPT_JOB, LORA_JOB
+        from llm_assets.defs.training.adaptation import CptAssetConfig, LoraAdapterConfig
+        from llm_assets.defs.training.assets import SFT_TASKS
+
+        if cmd_name == "cpt":
+            return _training_command("cpt", CptAssetConfig, "cpt_model", CPT_JOB, None)
+        if cmd_name == "sft":
+            return _training_command("sft", LoraAdapterConfig, "lora_adapter", LORA_JOB, SFT_TASKS.get_partition_keys())
+        return None
+
+
+@main.group(cls=_TrainGroup)
+def train() -> None:
+    """Train as the assets do: `train cpt` (continued pre-training), `train sft --task T` (LoRA adapter).
+
+    Options are the assets' own config fields; only those given override the defaults. Runs are recorded
+    in the instance like any other materialisation, on the compute backend set in the environment.
+    """
 
 
 @main.group()

@@ -14,6 +14,12 @@ from llm_assets.defs.curation.definitions import curation_definitions
 from llm_assets.defs.ingestion.definitions import ingestion_definitions
 from llm_assets.defs.training.definitions import training_definitions
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
+from llm_assets.resources.training_compute import (
+    K8sBackendConfig,
+    S3StagingConfig,
+    SageMakerBackendConfig,
+    TrainingCompute,
+)
 
 
 def lake_resource_from_env() -> LakeResource:
@@ -32,9 +38,62 @@ def lake_resource_from_env() -> LakeResource:
     raise ValueError(f"LLM_ASSETS_LAKE={backend!r} is not a lake backend; use 'local' or 's3'")
 
 
+def _csv(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def training_compute_from_env() -> TrainingCompute:
+    """In process by default; `LLM_ASSETS_TRAINING_BACKEND=k8s|sagemaker` plus `LLM_ASSETS_TRAINER_*` for the rest.
+
+    Remote backends stage channels in `LLM_ASSETS_TRAINING_BUCKET` under SSE-KMS; credentials come from the
+    environment (instance role, IRSA), never from here. deploy/README.md lists every variable.
+    """
+    backend = os.environ.get("LLM_ASSETS_TRAINING_BACKEND", "in_process").lower()
+    if backend == "in_process":
+        return TrainingCompute()
+    if backend not in ("k8s", "sagemaker"):
+        raise ValueError(f"LLM_ASSETS_TRAINING_BACKEND={backend!r}: use in_process, k8s or sagemaker")
+    env = os.environ
+    staging = S3StagingConfig(
+        bucket=env["LLM_ASSETS_TRAINING_BUCKET"],
+        prefix=env.get("LLM_ASSETS_TRAINING_PREFIX", "training-jobs"),
+        kms_key_id=env["LLM_ASSETS_TRAINING_KMS_KEY_ID"],
+        region=env.get("AWS_REGION"),
+    )
+    if backend == "k8s":
+        return TrainingCompute(
+            backend="k8s",
+            staging=staging,
+            k8s=K8sBackendConfig(
+                image=env["LLM_ASSETS_TRAINER_IMAGE"],
+                namespace=env.get("LLM_ASSETS_TRAINER_NAMESPACE", "default"),
+                service_account_name=env.get("LLM_ASSETS_TRAINER_SERVICE_ACCOUNT"),
+                gpus=int(env.get("LLM_ASSETS_TRAINER_GPUS", "1")),
+            ),
+        )
+    return TrainingCompute(
+        backend="sagemaker",
+        staging=staging,
+        sagemaker=SageMakerBackendConfig(
+            role_arn=env["LLM_ASSETS_SAGEMAKER_ROLE_ARN"],
+            image_uri=env["LLM_ASSETS_TRAINER_IMAGE"],
+            instance_type=env.get("LLM_ASSETS_SAGEMAKER_INSTANCE_TYPE", "ml.g5.2xlarge"),
+            kms_key_id=env["LLM_ASSETS_TRAINING_KMS_KEY_ID"],
+            use_spot=env.get("LLM_ASSETS_SAGEMAKER_SPOT", "true").lower() == "true",
+            max_run_s=int(env.get("LLM_ASSETS_SAGEMAKER_MAX_RUN_S", "86400")),
+            max_wait_s=int(env.get("LLM_ASSETS_SAGEMAKER_MAX_WAIT_S", "172800")),
+            subnets=_csv("LLM_ASSETS_SAGEMAKER_SUBNETS"),
+            security_group_ids=_csv("LLM_ASSETS_SAGEMAKER_SECURITY_GROUPS"),
+        ),
+    )
+
+
 def build_definitions() -> dg.Definitions:
     stages = dg.Definitions.merge(ingestion_definitions(), curation_definitions(), training_definitions())
-    return dg.Definitions.merge(stages, dg.Definitions(resources={"lake": lake_resource_from_env()}))
+    return dg.Definitions.merge(
+        stages,
+        dg.Definitions(resources={"lake": lake_resource_from_env(), "training_compute": training_compute_from_env()}),
+    )
 
 
 defs = build_definitions()

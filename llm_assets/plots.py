@@ -49,3 +49,22 @@ def histogram(
     if samples:
         ax.legend(fontsize="small", ncol=2)
     return _markdown_png(fig, title)
+
+
+def line_chart(
+    series: Mapping[str, Sequence[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str, log_y: bool = False
+) -> str:
+    """One line per series of (x, y) points (e.g. train and validation loss over steps)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, points in series.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if series:
+        ax.legend(fontsize="small")
+    return _markdown_png(fig, title)

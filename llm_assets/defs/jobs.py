@@ -4,11 +4,12 @@ import dagster as dg
 
 from llm_assets.defs.curation.assets import normalized_shards, pii_scrubbed_shards
 from llm_assets.defs.ingestion.assets import raw_corpus
+from llm_assets.defs.training.adaptation import cpt_model, lora_adapter
 from llm_assets.defs.training.assets import sft_dataset
 
 CORPUS_PIPELINE_JOB = "corpus_pipeline"
 CURATION_JOB = "corpus_curation"
-SFT_JOB = "sft_datasets"
+SFT_JOB = "task_adaptation"
 
 # Everything partitioned by source: ingest, normalise, scrub PII. The landing sensor starts it.
 corpus_pipeline_job = dg.define_asset_job(
@@ -17,10 +18,10 @@ corpus_pipeline_job = dg.define_asset_job(
     description="Ingest one landed source, normalise it and scrub PII.",
 )
 
-# Everything computed over all sources together: dedup, quality, perplexity, the curated corpus.
-GLOBAL_CURATION = dg.AssetSelection.assets(pii_scrubbed_shards).downstream(
-    include_self=False
-) - dg.AssetSelection.assets(sft_dataset)
+# Everything computed over all sources together: dedup, quality, perplexity, the curated corpus, then the
+# tokenizer, the base model and continued pre-training. Per-task assets run in the task job below.
+PER_TASK = dg.AssetSelection.assets(sft_dataset, lora_adapter)
+GLOBAL_CURATION = dg.AssetSelection.assets(pii_scrubbed_shards).downstream(include_self=False) - PER_TASK.downstream()
 
 corpus_curation_job = dg.define_asset_job(
     CURATION_JOB,
@@ -28,9 +29,19 @@ corpus_curation_job = dg.define_asset_job(
     description="Deduplicate across sources, filter by quality and perplexity, build curated splits.",
 )
 
-# Instruction data per task (partitioned by task), built from the curated corpus.
-sft_datasets_job = dg.define_asset_job(
+# Per task (partitioned by task): the SFT data set with its manifest, then the LoRA adapter trained on it.
+task_adaptation_job = dg.define_asset_job(
     SFT_JOB,
-    selection=dg.AssetSelection.assets(sft_dataset),
-    description="Build the SFT data sets (prompt/completion and chat messages) with their manifests.",
+    selection=PER_TASK,
+    description="Build a task's SFT data set (prompt/completion and chat messages) and train its LoRA adapter.",
+)
+
+# One training asset each, for `llm-assets train` and the Launchpad: the config is the asset's own.
+CPT_JOB = "continued_pretraining"
+LORA_JOB = "lora_sft"
+continued_pretraining_job = dg.define_asset_job(
+    CPT_JOB, selection=dg.AssetSelection.assets(cpt_model), description="Continued pre-training of the base model."
+)
+lora_sft_job = dg.define_asset_job(
+    LORA_JOB, selection=dg.AssetSelection.assets(lora_adapter), description="Train one task's LoRA adapter."
 )

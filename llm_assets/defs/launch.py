@@ -73,15 +73,19 @@ def execute(
     job_name: str,
     partition: str | None,
     log_level: str = "INFO",
+    ops_config: dict[str, Any] | None = None,
 ) -> PartitionRun:
     """Executes one job (one partition, or unpartitioned) in process, recording into `instance`."""
     job = defs.resolve_job_def(job_name)
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if ops_config:
+        run_config["ops"] = {name: {"config": values} for name, values in ops_config.items()}
     result = job.execute_in_process(
         partition_key=partition,
         instance=instance,
         raise_on_error=False,
         tags={"llm_assets/trigger": "cli"},
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        run_config=run_config,
     )
     run = PartitionRun(partition or "(all sources)", result.run_id, result.success, error=_first_error(result))
     for event in result.get_asset_materialization_events():

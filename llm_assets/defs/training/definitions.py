@@ -1,8 +1,12 @@
 import dagster as dg
 
-from llm_assets.defs.jobs import sft_datasets_job
+from llm_assets.defs.jobs import continued_pretraining_job, lora_sft_job, task_adaptation_job
+from llm_assets.defs.training.adaptation import cpt_model, lora_adapter
 from llm_assets.defs.training.assets import base_model, sft_dataset, tokenizer
 
 
 def training_definitions() -> dg.Definitions:
-    return dg.Definitions(assets=[tokenizer, base_model, sft_dataset], jobs=[sft_datasets_job])
+    return dg.Definitions(
+        assets=[tokenizer, base_model, sft_dataset, cpt_model, lora_adapter],
+        jobs=[task_adaptation_job, continued_pretraining_job, lora_sft_job],
+    )
