@@ -233,10 +233,10 @@ def test_bad_input_is_a_one_line_error(tiny_model: Path, tmp_path: Path) -> None
     spec = {"config": SFT_CONFIG, "channels": {"model": str(tiny_model), "data": str(data)}}
     with pytest.raises(TrainingError, match=r"train\.jsonl:2: not a JSON object"):
         run_training(spec, log=lambda _m: None)
-    with pytest.raises(TrainingError, match="field\\(s\\) completion missing"):
+    with pytest.raises(TrainingError, match=r"field\(s\) completion missing"):
         (data / "x.jsonl").write_text('{"prompt": "a"}\n')
         read_jsonl(data / "x.jsonl", ("prompt", "completion"))
-    with pytest.raises(TrainingError, match="no config.json"):
+    with pytest.raises(TrainingError, match=r"no config\.json"):
         run_training({**spec, "channels": {"model": str(tmp_path), "data": str(data)}}, log=lambda _m: None)
     with pytest.raises(TrainingError, match="channel 'data' is missing"):
         run_training({"config": SFT_CONFIG, "channels": {"model": str(tiny_model)}}, log=lambda _m: None)
