@@ -512,12 +512,16 @@ def _train(
     tokenizer.save_pretrained(str(output_dir))
     model_for_use = trainer.model
     probes: list[dict[str, Any]] = []
+    probe_budget = config.probe_max_new_tokens
     if config.probe_generations and config.mode == "sft":
+        # The budget leaves room for the longest reference answer, so only a model that never stops fails.
+        longest = max(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in train_rows)
+        probe_budget = max(config.probe_max_new_tokens, longest + 8)
         probes = greedy_generate(
             model_for_use,
             tokenizer,
             [r["prompt"] for r in eval_rows[: config.probe_generations]],
-            config.probe_max_new_tokens,
+            probe_budget,
         )
     accuracy_after = (
         exact_match_accuracy(model_for_use, tokenizer, test_rows, config.probe_max_new_tokens) if test_rows else None
@@ -546,6 +550,7 @@ def _train(
         "trainable_share": trainable / total_params if total_params else 0.0,
         "loss_mask": mask,
         "probes": probes,
+        "probe_max_new_tokens": probe_budget,
         "accuracy_before": accuracy_before,
         "accuracy_after": accuracy_after,
         "output_files": {

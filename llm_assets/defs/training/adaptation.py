@@ -190,7 +190,8 @@ def cpt_data(records: list[dict[str, Any]], config: CptAssetConfig) -> tuple[lis
         allow_upsampling=config.allow_upsampling,
         on_shortfall="redistribute",
     )
-    texts, report = mix(items, mixture)
+    mixed, report = mix(items, mixture)
+    texts = [item.text for item in mixed]
     validation = [r["text"] for r in records if r.get("split") == "dev"][: config.max_eval_examples]
     return texts, validation, json.loads(report.to_json())
 
@@ -310,9 +311,11 @@ class LoraAdapterConfig(dg.Config):
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
-    epochs: float = Field(default=8.0, gt=0)
+    epochs: float = Field(
+        default=32.0, gt=0, description="The demo's tiny model needs many passes over a few hundred examples."
+    )
     max_steps: int = Field(default=0, ge=0)
-    learning_rate: float = Field(default=3e-3, gt=0)
+    learning_rate: float = Field(default=5e-3, gt=0)
     batch_size: int = Field(default=16, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_length: int = Field(default=256, ge=16)

@@ -1,0 +1,206 @@
+"""Training through Dagster: tokenizer → base model → CPT → SFT data → LoRA adapter, with lineage and gates."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from llm_assets.defs.curation.assets import (
+    curated_corpus,
+    deduplicated_shards,
+    normalized_shards,
+    perplexity_scored_shards,
+    pii_scrubbed_shards,
+    quality_filtered_shards,
+    reference_language_models,
+)
+from llm_assets.defs.ingestion.assets import raw_corpus
+from llm_assets.defs.training.adaptation import convergence, cpt_model, eos_gate, lora_adapter, split_validation
+from llm_assets.defs.training.assets import base_model, sft_dataset, tokenizer
+from llm_assets.lake import LocalLakeStorage
+from llm_assets.resources.training_compute import TrainingCompute
+
+PER_SOURCE = [raw_corpus, normalized_shards, pii_scrubbed_shards]
+GLOBAL = [
+    deduplicated_shards,
+    quality_filtered_shards,
+    reference_language_models,
+    perplexity_scored_shards,
+    curated_corpus,
+]
+TRAINING = [tokenizer, base_model, cpt_model, sft_dataset, lora_adapter]
+ALL = [*PER_SOURCE, *GLOBAL, *TRAINING]
+
+INTENTS = {
+    "card_arrival": ["When will my new card arrive at my home address number {n}?", "Has card {n} been posted yet?"],
+    "exchange_rate": ["What exchange rate applies to transfer {n} in euros?", "How is the rate set for payment {n}?"],
+    "lost_card": ["I lost my card number {n} on the bus yesterday.", "My card {n} was stolen, please block it."],
+}
+
+
+def _land(storage: LocalLakeStorage, name: str, rows: list[dict[str, object]], language: str) -> None:
+    descriptor = (
+        f"name: {name}\nlicence: CC-BY-4.0\njurisdiction: EU\nsource_uri: https://example.org/{name}\n"
+        f"language: {language}\ndomain: banking-support\n"
+    )
+    storage.write_bytes(f"landing/{name}/source.yaml", descriptor.encode())
+    storage.write_bytes(
+        f"landing/{name}/docs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    )
+
+
+@pytest.fixture
+def curated(storage: LocalLakeStorage, instance: dg.DagsterInstance, lake) -> LocalLakeStorage:  # type: ignore[no-untyped-def]
+    rows = []
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo"]
+    for number in range(44):
+        for intent, templates in INTENTS.items():
+            text = templates[number % 2].format(n=f"{words[number % 11]} {number}")
+            rows.append({"text": text, "category": intent, "split": "test" if number % 11 == 0 else "train"})
+    _land(storage, "banking77", rows, "en")
+    civics = [
+        {
+            "text": f"Question {n}: what is the capital? Answer: city {n}",
+            "question": f"What is item {n}?",
+            "answers": [f"Item {n} is a civic duty number {n}."],
+        }
+        for n in range(30)
+    ]
+    _land(storage, "uscis_civics", civics, "en")
+    instance.add_dynamic_partitions("sources", ["banking77", "uscis_civics"])
+    for source in ("banking77", "uscis_civics"):
+        assert dg.materialize(PER_SOURCE, partition_key=source, resources={"lake": lake}, instance=instance).success
+    assert dg.materialize([*PER_SOURCE, *GLOBAL], selection=GLOBAL, resources={"lake": lake}, instance=instance).success
+    return storage
+
+
+TINY = {
+    "tokenizer": {"config": {"vocab_size": 320}},
+    "base_model": {
+        "config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+        }
+    },
+    "cpt_model": {
+        "config": {
+            "max_steps": 6,
+            "batch_size": 4,
+            "max_length": 64,
+            "mixture_weights": {"en": 1.0},
+            "budget_chars": 20_000,
+            "precision": "fp32",
+        }
+    },
+}
+
+
+def test_training_chain_with_lineage_and_gates(curated: LocalLakeStorage, instance, lake) -> None:  # type: ignore[no-untyped-def]
+    storage = curated
+    resources = {"lake": lake, "training_compute": TrainingCompute()}
+    built = dg.materialize(
+        ALL,
+        selection=[tokenizer, base_model, cpt_model],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": TINY},
+    )
+    assert built.success
+    cpt_meta = built.asset_materializations_for_node("cpt_model")[0].metadata
+    assert cpt_meta["steps"].value == 6 and "loss_curve" in cpt_meta
+    current = json.loads(storage.read_bytes("models/cpt/current.json"))
+    manifest = json.loads(storage.read_bytes(f"{current['prefix']}/data_manifest.json"))
+    assert manifest["mixture"]["groups"]["en"]["realised_share"] == 1.0
+    assert "base_model" in manifest["source_data_versions"]
+    # Held-out rows (the banking test split) never reach continued pre-training.
+    checks = {e.check_name: e.passed for e in built.get_asset_check_evaluations()}
+    assert checks["validation_loss_decreased"] is True
+    assert not storage.list_objects(f"checkpoints/{current['run']}/")  # dropped after success
+
+    for task in ("banking77_intents", "civics_qa"):
+        config = {
+            "ops": {
+                "sft_dataset": {"config": {"intents": 3, "min_examples": 10}},
+                "lora_adapter": {
+                    "config": {
+                        "max_steps": 60,
+                        "batch_size": 8,
+                        "learning_rate": 2e-2,
+                        "probe_generations": 2,
+                        "probe_max_new_tokens": 12,
+                        "min_accuracy_gain": 0.0,
+                        "precision": "fp32",
+                    }
+                },
+            }
+        }
+        adapted = dg.materialize(
+            ALL,
+            selection=[sft_dataset, lora_adapter],
+            partition_key=task,
+            resources=resources,
+            instance=instance,
+            run_config=config,
+            raise_on_error=False,
+        )
+        assert adapted.success, task
+        outcomes = {(e.asset_key.to_user_string(), e.check_name): e for e in adapted.get_asset_check_evaluations()}
+        assert outcomes[("lora_adapter", "validation_loss_decreased")].passed
+        eos = outcomes[("lora_adapter", "eos_gate")]
+        assert eos.metadata["empty_masks"].value == 0 and eos.metadata["masks_without_eos"].value == 0
+        assert ("lora_adapter", "beats_base_model") in outcomes
+        pointer = json.loads(storage.read_bytes(f"models/adapters/{task}/current.json"))
+        assert storage.exists(f"{pointer['prefix']}/adapter/adapter_model.safetensors")
+        lineage = json.loads(storage.read_bytes(f"{pointer['prefix']}/lineage.json"))
+        assert lineage["cpt_model"] == current["version"] and lineage["task"] == task
+        assert lineage["sft_data_version"] and lineage["base_model"]
+    # The audit trail records each materialisation with its inputs.
+    from llm_assets.audit import AuditLog
+
+    records = [r for r in AuditLog(storage).records() if r.get("asset_key") == "lora_adapter"]
+    assert {r["partition"] for r in records if r["event"] == "materialization"} == {"banking77_intents", "civics_qa"}
+    assert all("cpt_model" in r["input_data_versions"] for r in records if r["event"] == "materialization")
+
+
+def test_missing_upstream_is_a_clear_failure(curated: LocalLakeStorage, instance, lake) -> None:  # type: ignore[no-untyped-def]
+    result = dg.materialize(
+        ALL,
+        selection=[cpt_model],
+        resources={"lake": lake, "training_compute": TrainingCompute()},
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "models/base/current.json is missing; materialize the upstream asset first" in (
+        failure.step_failure_data.error.message
+    )
+
+
+def test_convergence_and_eos_gate_decide_on_the_figures() -> None:
+    ok = {"eval_losses": [{"step": 0, "loss": 3.0}, {"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.5}]}
+    assert convergence(ok)[0]
+    assert not convergence({"eval_losses": [{"step": 0, "loss": 3.0}, {"step": 5, "loss": 3.5}]})[0]
+    assert not convergence({"eval_losses": [{"step": 0, "loss": 3.0}, {"step": 5, "loss": float("nan")}]})[0]
+    assert not convergence(
+        {"eval_losses": [{"step": 0, "loss": 3.0}, {"step": 5, "loss": 0.5}, {"step": 9, "loss": 2.9}]}
+    )[0]  # diverged after its best
+    mask = {"checked": 10, "empty": 0, "without_eos": 0}
+    stopped = [{"text": "a", "stopped": True}] * 3
+    assert eos_gate({"loss_mask": mask, "probes": stopped})[0]
+    assert not eos_gate({"loss_mask": {**mask, "without_eos": 1}, "probes": stopped})[0]
+    assert not eos_gate({"loss_mask": mask, "probes": [*stopped, {"text": "...", "stopped": False}]})[0]
+    assert not eos_gate({"loss_mask": mask, "probes": []})[0]
+
+
+def test_validation_split_is_stable_and_disjoint() -> None:
+    rows = [{"id": f"{n:03d}", "prompt": "p", "completion": "c"} for n in range(50)]
+    train, validation = split_validation(rows, 0.1, seed=0)
+    assert len(validation) == 5 and len(train) == 45
+    assert {r["id"] for r in train}.isdisjoint(r["id"] for r in validation)
+    assert split_validation(list(reversed(rows)), 0.1, seed=0) == (train, validation)
