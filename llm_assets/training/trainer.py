@@ -361,7 +361,10 @@ def run_training(spec: dict[str, Any], *, log: Log | None = None) -> dict[str, A
         output_uri = os.path.expandvars(spec.get("output_dir") or str(work / "output"))
         output_dir = work / "output" if output_uri.startswith("s3://") else Path(output_uri)
         checkpoint_dir = Path(os.path.expandvars(spec.get("checkpoint_dir") or str(work / "checkpoints")))
-        result = _train(config, model_dir, data_dir, output_dir, checkpoint_dir, spec.get("checkpoint_mirror"), log)
+        from llm_assets.training.dpo import _quiet_progress_bars
+
+        with _quiet_progress_bars():
+            result = _train(config, model_dir, data_dir, output_dir, checkpoint_dir, spec.get("checkpoint_mirror"), log)
         (output_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
         if output_uri.startswith("s3://"):
             push(output_dir, output_uri)
@@ -476,6 +479,9 @@ def _train(
     trainer.args.save_steps = save_every
     trainer.args.logging_steps = max(1, min(eval_every, 10))
     trainer.args.warmup_steps = int(total_steps * config.warmup_ratio)
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for raw dict prints; `log` reports instead
     initial: dict[str, Any] = {}
     trainer.add_callback(_trainer_callbacks(log, mirror, total_steps, initial)[0])
 
