@@ -112,7 +112,10 @@ def child(side: str, work: Path, epochs: float) -> None:
         train_seconds = result["train_seconds"]
         base = AutoModelForCausalLM.from_pretrained(str(work / "model"))
         model = PeftModel.from_pretrained(base, str(work / "ours-out"))
-        settings = f"lr {ours.learning_rate}, batch {ours.batch_size}, {result['precision']}, padding-free"
+        settings = (
+            f"lr {ours.learning_rate}, batch {ours.batch_size}, {result['precision']}, "
+            f"{'padding-free' if ours.padding_free else 'padded'}, labelled-positions-only LM head"
+        )
     else:
         from datasets import Dataset
         from peft import LoraConfig

@@ -43,7 +43,11 @@ class TrainingConfig(BaseModel):
         "trainable_token_indices); a small model's frozen embeddings of rare label tokens are out of a low-rank "
         "update's reach.",
     )
-    padding_free: bool = Field(default=True, description="SFT: flatten each batch instead of padding it.")
+    padding_free: bool = Field(
+        default=False,
+        description="SFT: flatten each batch instead of padding it. Pays off with FlashAttention on a GPU; on a CPU "
+        "(sdpa) attention then spans the whole flattened batch and padded batches were 2.5x faster.",
+    )
     seed: int = Field(default=0, description="Seed for initialisation, shuffling and dropout.")
     eval_points: int = Field(default=4, ge=2, le=100, description="Validation-loss evaluations during the run.")
     checkpoint_points: int = Field(default=4, ge=1, le=100, description="Checkpoints written during the run.")

@@ -17,7 +17,17 @@ from llm_assets.defs.curation.assets import (
     reference_language_models,
 )
 from llm_assets.defs.ingestion.assets import raw_corpus
-from llm_assets.defs.training.adaptation import convergence, cpt_model, eos_gate, lora_adapter, split_validation
+from llm_assets.defs.training.adaptation import (
+    convergence,
+    cpt_model,
+    dpo_adapter,
+    eos_gate,
+    lora_adapter,
+    lora_sweep_trial,
+    select_trial,
+    split_validation,
+    sweep_selection,
+)
 from llm_assets.defs.training.assets import base_model, sft_dataset, tokenizer
 from llm_assets.lake import LocalLakeStorage
 from llm_assets.resources.training_compute import TrainingCompute
@@ -30,7 +40,7 @@ GLOBAL = [
     perplexity_scored_shards,
     curated_corpus,
 ]
-TRAINING = [tokenizer, base_model, cpt_model, sft_dataset, lora_adapter]
+TRAINING = [tokenizer, base_model, cpt_model, sft_dataset, lora_adapter, lora_sweep_trial, sweep_selection, dpo_adapter]
 ALL = [*PER_SOURCE, *GLOBAL, *TRAINING]
 
 INTENTS = {
@@ -159,6 +169,45 @@ def test_training_chain_with_lineage_and_gates(curated: LocalLakeStorage, instan
         lineage = json.loads(storage.read_bytes(f"{pointer['prefix']}/lineage.json"))
         assert lineage["cpt_model"] == current["version"] and lineage["task"] == task
         assert lineage["sft_data_version"] and lineage["base_model"]
+    # Two sweep points, then selection on validation loss (never on the test rows).
+    for trial in ("lr5e-3-r8", "lr2e-3-r16"):
+        swept = dg.materialize(
+            ALL,
+            selection=[lora_sweep_trial],
+            partition_key=trial,
+            resources=resources,
+            instance=instance,
+            run_config={
+                "ops": {"lora_sweep_trial": {"config": {"max_steps": 8, "batch_size": 8, "precision": "fp32"}}}
+            },
+        )
+        assert swept.success
+    chosen = dg.materialize(ALL, selection=[sweep_selection], resources=resources, instance=instance)
+    selection = json.loads(storage.read_bytes("models/sweeps/banking77_intents/selection.json"))
+    assert {t["trial"] for t in selection["trials"]} == {"lr5e-3-r8", "lr2e-3-r16"}
+    assert selection["selected"]["final_eval_loss"] == min(t["final_eval_loss"] for t in selection["trials"])
+    assert (
+        chosen.asset_materializations_for_node("sweep_selection")[0].metadata["selected"].value
+        == (selection["selected"]["trial"])
+    )
+
+    # DPO continues the intents adapter on preference pairs (synthesised from the SFT set until feedback lands).
+    refined = dg.materialize(
+        ALL,
+        selection=[dpo_adapter],
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"ops": {"dpo_adapter": {"config": {"learning_rate": 2e-2, "epochs": 3, "batch_size": 8}}}},
+    )
+    dpo_check = refined.get_asset_check_evaluations()[0]
+    assert refined.success, dpo_check.metadata
+    assert dpo_check.metadata["after"].value > dpo_check.metadata["before"].value
+    dpo_keys = [i.key for i in storage.list_objects("models/dpo/banking77_intents/") if i.key.endswith("lineage.json")]
+    dpo_lineage = json.loads(storage.read_bytes(dpo_keys[0]))
+    sft_pointer = json.loads(storage.read_bytes("models/adapters/banking77_intents/current.json"))
+    assert dpo_lineage["sft_adapter"] == sft_pointer["version"] and dpo_lineage["pairs"] > 0
+
     # The audit trail records each materialisation with its inputs.
     from llm_assets.audit import AuditLog
 
@@ -204,3 +253,14 @@ def test_validation_split_is_stable_and_disjoint() -> None:
     assert len(validation) == 5 and len(train) == 45
     assert {r["id"] for r in train}.isdisjoint(r["id"] for r in validation)
     assert split_validation(list(reversed(rows)), 0.1, seed=0) == (train, validation)
+
+
+def test_sweep_selection_prefers_lowest_validation_loss() -> None:
+    trials = [
+        {"trial": "a", "final_eval_loss": 1.2, "train_seconds": 5},
+        {"trial": "b", "final_eval_loss": 0.9, "train_seconds": 9},
+        {"trial": "c", "final_eval_loss": 0.9, "train_seconds": 4},
+    ]
+    assert select_trial(trials)["trial"] == "c"
+    with pytest.raises(ValueError, match="no sweep trial"):
+        select_trial([])

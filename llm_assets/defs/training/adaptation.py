@@ -321,7 +321,7 @@ class LoraAdapterConfig(dg.Config):
     max_length: int = Field(default=256, ge=16)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     train_completion_tokens: bool = True
-    padding_free: bool = True
+    padding_free: bool = False
     seed: int = 0
     eval_points: int = Field(default=4, ge=2)
     checkpoint_points: int = Field(default=4, ge=1)
@@ -516,3 +516,273 @@ def merge_adapter(model_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out_dir))
     return out_dir
+
+
+# ---------------------------------------------------------------- hyperparameter sweep and model selection
+
+SWEEP_PREFIX = "models/sweeps"
+SWEEP_TASK = "banking77_intents"
+SWEEP_GRID = {"lr2e-3-r8": (2e-3, 8), "lr5e-3-r8": (5e-3, 8), "lr2e-3-r16": (2e-3, 16), "lr5e-3-r16": (5e-3, 16)}
+SWEEP_TRIALS = dg.StaticPartitionsDefinition(list(SWEEP_GRID))
+
+
+class SweepTrialConfig(dg.Config):
+    """One point of the learning-rate x rank grid (the partition key); everything else as lora_adapter."""
+
+    epochs: float = Field(default=16.0, gt=0)
+    max_steps: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=16, ge=1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    seed: int = 0
+
+
+@dg.asset(
+    deps=[cpt_model, sft_dataset],
+    partitions_def=SWEEP_TRIALS,
+    group_name="training",
+    code_version="lora_sweep_trial-v1",
+    kinds={"pytorch"},
+)
+def lora_sweep_trial(
+    context: dg.AssetExecutionContext, config: SweepTrialConfig, lake: LakeResource, training_compute: TrainingCompute
+) -> dg.MaterializeResult:
+    """One LoRA run of the intent task at one (learning rate, rank); its validation figures feed selection."""
+    storage = lake.storage()
+    learning_rate, rank = SWEEP_GRID[context.partition_key]
+    cpt = current_pointer(storage, CPT_PREFIX)
+    data = current_pointer(storage, f"{SFT_PREFIX}/{SWEEP_TASK}")
+    rows = _jsonl_rows(storage, f"{data['prefix']}/train.prompt_completion.jsonl")
+    train, validation = split_validation(rows, 0.1, config.seed)
+    training = TrainingConfig(
+        mode="sft",
+        lora_rank=rank,
+        lora_alpha=2 * rank,
+        learning_rate=learning_rate,
+        epochs=config.epochs,
+        max_steps=config.max_steps,
+        batch_size=config.batch_size,
+        precision=config.precision,
+        seed=config.seed,
+        probe_generations=0,
+    )
+    with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
+        work = Path(tmp)
+        download_prefix(storage, cpt["prefix"], work / "model")
+        _write_jsonl(work / "data" / "train.jsonl", train)
+        _write_jsonl(work / "data" / "eval.jsonl", validation)  # selection sees validation only, never test
+        result = training_compute.run(
+            context,
+            job_name=f"sweep-{context.partition_key.replace('.', '')}-{context.run_id[:8]}",
+            spec={"config": training.model_dump()},
+            channels={"model": work / "model", "data": work / "data"},
+            output_dir=work / "output",
+        )
+        version = hashlib.sha256(
+            "\n".join(f"{n}\t{d}" for n, d in sorted(result["output_files"].items())).encode()
+        ).hexdigest()
+        prefix = f"{SWEEP_PREFIX}/{SWEEP_TASK}/{context.partition_key}"
+        upload_folder(storage, work / "output", f"{prefix}/{version[:16]}")
+    trial = {
+        "trial": context.partition_key,
+        "learning_rate": learning_rate,
+        "lora_rank": rank,
+        "final_eval_loss": result["final_eval_loss"],
+        "steps": result["global_step"],
+        "train_seconds": result["train_seconds"],
+        "adapter_prefix": f"{prefix}/{version[:16]}",
+        "adapter_version": version,
+        "cpt_model": cpt["version"],
+        "sft_data": data["prefix"],
+    }
+    storage.write_bytes(f"{prefix}/trial.json", json.dumps(trial, indent=2).encode())
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        metadata={
+            **run_metadata(result),
+            "trial": dg.MetadataValue.json(trial),
+            "loss_curve": dg.MetadataValue.md(loss_plot(result, f"Sweep {context.partition_key}")),
+        },
+    )
+
+
+def _jsonl_rows(storage: LakeStorage, key: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in storage.read_bytes(key).splitlines() if line.strip()]
+
+
+def select_trial(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The trial with the lowest validation loss (ties: fewer training seconds, then name)."""
+    if not trials:
+        raise ValueError("no sweep trial has finished; materialize lora_sweep_trial partitions first")
+    return min(trials, key=lambda t: (float(t["final_eval_loss"]), float(t["train_seconds"]), str(t["trial"])))
+
+
+@dg.asset(deps=[lora_sweep_trial], group_name="training", code_version="sweep_selection-v1", kinds={"json"})
+def sweep_selection(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    """Which sweep trial won on validation loss, with every trial's figures: the input of model selection."""
+    storage = lake.storage()
+    trials = [
+        json.loads(storage.read_bytes(info.key))
+        for info in storage.list_objects(f"{SWEEP_PREFIX}/{SWEEP_TASK}/")
+        if info.key.endswith("/trial.json")
+    ]
+    try:
+        best = select_trial(trials)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
+    selection = {"task": SWEEP_TASK, "selected": best, "trials": sorted(trials, key=lambda t: t["trial"])}
+    payload = json.dumps(selection, indent=2, sort_keys=True).encode()
+    storage.write_bytes(f"{SWEEP_PREFIX}/{SWEEP_TASK}/selection.json", payload)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(hashlib.sha256(payload).hexdigest()),
+        metadata={
+            "selected": best["trial"],
+            "trials": dg.MetadataValue.md(
+                "| trial | lr | rank | validation loss | steps |\n|---|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {t['trial']} | {t['learning_rate']} | {t['lora_rank']} | {t['final_eval_loss']:.4f} | "
+                    f"{t['steps']} |"
+                    for t in selection["trials"]
+                )
+            ),
+        },
+    )
+
+
+# ---------------------------------------------------------------- DPO from feedback
+
+DPO_PREFIX = "models/dpo"
+FEEDBACK_PREFIX = "feedback/preferences"
+
+
+class DpoAdapterConfig(dg.Config):
+    """DPO on preference pairs from production feedback; continues the task's SFT adapter."""
+
+    task: str = Field(default="banking77_intents", description="Whose SFT adapter DPO continues.")
+    synthesize_from_sft: bool = Field(
+        default=True,
+        description="With no feedback pairs in the lake yet, build pairs from the SFT train set (correct intent "
+        "chosen, another rejected).",
+    )
+    beta: float = Field(default=0.1, gt=0)
+    learning_rate: float = Field(default=5e-4, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    max_pairs: int = Field(default=256, ge=1)
+    min_accuracy_gain: float = Field(default=0.0, ge=0, le=1)
+
+
+@dg.asset(
+    deps=[lora_adapter],
+    group_name="training",
+    code_version="dpo_adapter-v1",
+    kinds={"pytorch"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "preference_accuracy_improved",
+            asset="dpo_adapter",
+            blocking=True,
+            description="The chosen answer is more likely than the rejected one on more pairs after DPO.",
+        )
+    ],
+)
+def dpo_adapter(
+    context: dg.AssetExecutionContext, config: DpoAdapterConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    """Optional: the SFT adapter refined by DPO on preference pairs (monitoring writes them to the lake)."""
+    from llm_assets.training.dpo import (
+        DpoConfig,
+        PreferenceError,
+        intent_preference_pairs,
+        read_preference_pairs,
+        run_dpo,
+    )
+    from llm_assets.training.sft_data import SftExample
+
+    storage = lake.storage()
+    pairs = []
+    sources = []
+    try:
+        for info in storage.list_objects(f"{FEEDBACK_PREFIX}/"):
+            if info.key.endswith(".jsonl"):
+                pairs += read_preference_pairs(storage.read_bytes(info.key), storage.uri(info.key))
+                sources.append(info.key)
+    except PreferenceError as exc:
+        raise dg.Failure(str(exc)) from exc
+    data = current_pointer(storage, f"{SFT_PREFIX}/{config.task}")
+    if not pairs and config.synthesize_from_sft:
+        rows = _jsonl_rows(storage, f"{data['prefix']}/train.prompt_completion.jsonl")
+        examples = [SftExample(r["id"], r["prompt"], r["completion"], "train", r["id"]) for r in rows]
+        pairs = intent_preference_pairs(examples, seed=0)
+        sources.append(f"synthesized from {data['prefix']}")
+    if not pairs:
+        raise dg.Failure(f"no preference pairs under {storage.uri(FEEDBACK_PREFIX)}/; land feedback JSONL there first")
+    pairs = pairs[: config.max_pairs]
+    cpt = current_pointer(storage, CPT_PREFIX)
+    adapter = current_pointer(storage, f"{ADAPTER_PREFIX}/{config.task}")
+    with tempfile.TemporaryDirectory(prefix="dpo-") as tmp:
+        work = Path(tmp)
+        download_prefix(storage, cpt["prefix"], work / "model")
+        download_prefix(storage, f"{adapter['prefix']}/adapter", work / "sft")
+        # DPO trains a fresh LoRA on the SFT model merged into its base: the reference model (adapter off)
+        # is then exactly the SFT model, whatever the SFT adapter carried (e.g. trainable token rows).
+        merged = merge_adapter(work / "model", work / "sft", work / "sft-merged")
+        result = run_dpo(
+            merged,
+            pairs,
+            work / "output",
+            DpoConfig(
+                beta=config.beta, learning_rate=config.learning_rate, epochs=config.epochs, batch_size=config.batch_size
+            ),
+            log=context.log.info,
+        )
+        files = sorted(p for p in (work / "output").rglob("*") if p.is_file())
+        version = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+        prefix = f"{DPO_PREFIX}/{config.task}/{version[:16]}"
+        upload_folder(storage, work / "output", prefix)
+    lineage = {
+        "applies_to": "cpt_model merged with the SFT adapter",
+        "sft_adapter": adapter["version"],
+        "cpt_model": cpt["version"],
+        "pairs": len(pairs),
+        "sources": sources,
+    }
+    storage.write_bytes(f"{prefix}/lineage.json", json.dumps(lineage, indent=2).encode())
+    gain = result["preference_accuracy_after"] - result["preference_accuracy_before"]
+    check = dg.AssetCheckResult(
+        check_name="preference_accuracy_improved",
+        passed=gain > config.min_accuracy_gain or result["preference_accuracy_after"] == 1.0,
+        metadata={
+            "before": result["preference_accuracy_before"],
+            "after": result["preference_accuracy_after"],
+            "min_gain": config.min_accuracy_gain,
+        },
+    )
+    record_check(
+        context,
+        storage,
+        check_name=check.check_name or "",
+        passed=check.passed,
+        data_version=version,
+        figures=_recorded(check),
+    )
+    record_materialization(
+        context,
+        storage,
+        code_version=code_version_of(context),
+        input_data_versions={"lora_adapter": adapter["version"], "cpt_model": cpt["version"]},
+        output_data_version=version,
+        counts={"pairs": len(pairs), "steps": result["steps"]},
+        config=config.model_dump(),
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        check_results=[check],
+        metadata={
+            "pairs": len(pairs),
+            "preference_accuracy_before": result["preference_accuracy_before"],
+            "preference_accuracy_after": result["preference_accuracy_after"],
+            "reward_margin": result["rewards/margins"],
+            "location": dg.MetadataValue.path(storage.uri(prefix)),
+            "lineage": dg.MetadataValue.json(lineage),
+        },
+    )
