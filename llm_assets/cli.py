@@ -71,7 +71,8 @@ def _print_runs(runs: list[Any]) -> None:
         for mat in run.materialized:
             rows = f"{mat.rows} rows" if mat.rows is not None else ""
             version = f"data version {mat.data_version[:12]}" if mat.data_version else ""
-            click.echo(f"    {mat.asset:<28} {rows:<14} {version}")
+            note = f"  {mat.note}" if getattr(mat, "note", "") else ""
+            click.echo(f"    {mat.asset:<28} {rows:<14} {version}{note}")
         passed = sum(check.passed for check in run.checks)
         click.echo(f"    checks: {passed}/{len(run.checks)} passed")
         for check in run.checks:

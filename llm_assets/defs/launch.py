@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ class Materialized:
     partition: str | None
     rows: int | None
     data_version: str | None
+    note: str = ""  # a headline figure, e.g. held-out accuracy before and after training
 
 
 @dataclass
@@ -67,6 +68,16 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str | None:
     return None
 
 
+def _headline(metadata: Mapping[str, Any]) -> str:
+    after = metadata.get("accuracy_after")
+    before = metadata.get("accuracy_before")
+    if after is not None and after.value is not None:
+        start = f"{before.value:.1%} -> " if before is not None and before.value is not None else ""
+        return f"held-out accuracy {start}{after.value:.1%}"
+    loss = metadata.get("final_eval_loss")
+    return f"validation loss {loss.value:.3f}" if loss is not None else ""
+
+
 def execute(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -97,6 +108,7 @@ def execute(
                 mat.partition,
                 int(rows.value) if rows is not None else None,  # type: ignore[arg-type]
                 mat.tags.get("dagster/data_version") if mat.tags else None,
+                _headline(mat.metadata),
             )
         )
     for evaluation in result.get_asset_check_evaluations():
