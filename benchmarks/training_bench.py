@@ -90,8 +90,7 @@ def child(side: str, work: Path, epochs: float) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_assets.defs.training.adaptation import LoraAdapterConfig
-    from llm_assets.training.config import TrainingConfig
+    from llm_assets.defs.training.adaptation import LoraAdapterConfig, task_training_config
 
     tokenizer = AutoTokenizer.from_pretrained(str(work / "model"))
     train, validation = _rows(work / "data" / "train.jsonl"), _rows(work / "data" / "eval.jsonl")
@@ -99,9 +98,9 @@ def child(side: str, work: Path, epochs: float) -> None:
     if side == "ours":
         from llm_assets.training.trainer import run_training
 
-        fields = {k: v for k, v in ours.model_dump().items() if k in TrainingConfig.model_fields}
+        fields = task_training_config("banking77_intents", ours).model_dump()
         spec = {
-            "config": {**fields, "mode": "sft", "probe_generations": 0},
+            "config": {**fields, "probe_generations": 0},
             "channels": {"model": str(work / "model"), "data": str(work / "data")},
             "output_dir": str(work / "ours-out"),
             "checkpoint_dir": str(work / "ours-ckpt"),

@@ -205,7 +205,7 @@ def _option_for(name: str, field: Any) -> click.Option:
     description = field.description or (shared.description if shared else None) or ""
     help_text = f"{description} [default: {shown}]".strip()
     flag = "--" + name.replace("_", "-")
-    if annotation is bool:
+    if annotation is bool or annotation == (bool | None):
         return click.Option([f"{flag}/--no-{name.replace('_', '-')}", name], default=None, help=help_text)
     if typing.get_origin(annotation) is typing.Literal:
         return click.Option(

@@ -50,7 +50,14 @@ class TrainingConfig(BaseModel):
     )
     seed: int = Field(default=0, description="Seed for initialisation, shuffling and dropout.")
     eval_points: int = Field(default=4, ge=2, le=100, description="Validation-loss evaluations during the run.")
-    checkpoint_points: int = Field(default=4, ge=1, le=100, description="Checkpoints written during the run.")
+    checkpoint_points: int = Field(
+        default=4, ge=1, le=100, description="Checkpoints written during the run (with keep_best: one per evaluation)."
+    )
+    keep_best: bool = Field(
+        default=True,
+        description="End on the checkpoint with the lowest validation loss (early stopping against overfitting); "
+        "checkpoints are then written at every evaluation.",
+    )
     max_eval_examples: int = Field(default=256, ge=1, description="Cap on validation examples.")
     probe_generations: int = Field(default=8, ge=0, description="Greedy generations after training for the EOS gate.")
     probe_max_new_tokens: int = Field(default=24, ge=1, description="Generation budget a probe must stop within.")

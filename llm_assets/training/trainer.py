@@ -142,7 +142,7 @@ def _schedule(config: TrainingConfig, examples: int) -> tuple[int, int, int]:
     per_step = config.batch_size * config.gradient_accumulation_steps
     total = config.max_steps or max(1, math.ceil(math.ceil(examples / per_step) * config.epochs))
     eval_every = max(1, total // config.eval_points)
-    save_every = max(1, total // config.checkpoint_points)
+    save_every = eval_every if config.keep_best else max(1, total // config.checkpoint_points)
     return total, eval_every, save_every
 
 
@@ -442,6 +442,9 @@ def _train(
         include_num_input_tokens_seen="non_padding",
         save_only_model=False,
         prediction_loss_only=True,
+        load_best_model_at_end=config.keep_best,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
     )
     train_tokens = config.mode == "sft" and config.train_completion_tokens
     peft_config = (
@@ -508,8 +511,9 @@ def _train(
 
     history = trainer.state.log_history
     eval_losses = [{"step": 0, "loss": initial_eval}] if initial_eval is not None else []
-    by_step = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}  # the final evaluate() repeats a step
-    eval_losses += [{"step": step, "loss": loss} for step, loss in sorted(by_step.items())]
+    # Evaluations during training; the final evaluate() (of the kept, possibly best, model) is final_eval_loss.
+    during = [h for h in history if "eval_loss" in h][:-1]
+    eval_losses += [{"step": h["step"], "loss": h["eval_loss"]} for h in during]
     train_losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
     tokens = int(trainer.state.num_input_tokens_seen or 0)
 

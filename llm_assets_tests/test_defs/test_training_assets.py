@@ -236,9 +236,9 @@ def test_convergence_and_eos_gate_decide_on_the_figures() -> None:
     assert convergence(ok)[0]
     assert not convergence({"eval_losses": [{"step": 0, "loss": 3.0}, {"step": 5, "loss": 3.5}]})[0]
     assert not convergence({"eval_losses": [{"step": 0, "loss": 3.0}, {"step": 5, "loss": float("nan")}]})[0]
-    assert not convergence(
-        {"eval_losses": [{"step": 0, "loss": 3.0}, {"step": 5, "loss": 0.5}, {"step": 9, "loss": 2.9}]}
-    )[0]  # diverged after its best
+    overfit = {"eval_losses": [{"step": 0, "loss": 3.0}, {"step": 5, "loss": 0.5}, {"step": 9, "loss": 3.2}]}
+    assert not convergence({**overfit, "final_eval_loss": 3.2})[0]  # the last model is kept: worse than the start
+    assert convergence({**overfit, "final_eval_loss": 0.5})[0]  # keep_best: the step-5 model is kept
     mask = {"checked": 10, "empty": 0, "without_eos": 0}
     stopped = [{"text": "a", "stopped": True}] * 3
     assert eos_gate({"loss_mask": mask, "probes": stopped})[0]

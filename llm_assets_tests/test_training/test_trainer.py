@@ -152,14 +152,15 @@ def test_completion_tokens_cover_labels_and_eos(tiny_model: Path) -> None:
 
 
 def test_schedule_is_fixed_up_front() -> None:
-    config = TrainingConfig(epochs=2, batch_size=8, eval_points=4, checkpoint_points=2)
+    config = TrainingConfig(epochs=2, batch_size=8, eval_points=4, checkpoint_points=2, keep_best=False)
     assert _schedule(config, 50) == (14, 3, 7)
+    assert _schedule(config.model_copy(update={"keep_best": True}), 50) == (14, 3, 3)  # a checkpoint per evaluation
     assert _schedule(TrainingConfig(max_steps=5), 10_000)[0] == 5
 
 
 def _spec_file(tmp_path: Path, tiny_model: Path, sft_data: Path, name: str, mirror: Path | None = None) -> Path:
     spec = {
-        "config": {**SFT_CONFIG, "epochs": 40, "checkpoint_points": 8, "eval_points": 2, "probe_generations": 1},
+        "config": {**SFT_CONFIG, "epochs": 40, "eval_points": 8, "probe_generations": 1},
         "channels": {"model": str(tiny_model), "data": str(sft_data)},
         "output_dir": str(tmp_path / f"{name}-out"),
         "checkpoint_dir": str(tmp_path / f"{name}-ckpt"),
