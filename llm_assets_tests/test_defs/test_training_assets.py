@@ -72,9 +72,9 @@ def curated(storage: LocalLakeStorage, instance: dg.DagsterInstance, lake) -> Lo
     _land(storage, "banking77", rows, "en")
     civics = [
         {
-            "text": f"Question {n}: what is the capital? Answer: city {n}",
-            "question": f"What is item {n}?",
-            "answers": [f"Item {n} is a civic duty number {n}."],
+            "text": f"Question {n}: is item {n} a civic duty? Answer: {['yes', 'no', 'maybe'][n % 3]}",
+            "question": f"Is item {n} a civic duty?",
+            "answers": [["yes", "no", "maybe"][n % 3]],
         }
         for n in range(30)
     ]
@@ -264,3 +264,19 @@ def test_sweep_selection_prefers_lowest_validation_loss() -> None:
     assert select_trial(trials)["trial"] == "c"
     with pytest.raises(ValueError, match="no sweep trial"):
         select_trial([])
+
+
+def test_cpt_with_lora_stores_a_whole_model(curated: LocalLakeStorage, instance, lake) -> None:  # type: ignore[no-untyped-def]
+    """Downstream adapters need a full model: a LoRA CPT is merged into its base, the adapter kept beside."""
+    ops = {**TINY, "cpt_model": {"config": {**TINY["cpt_model"]["config"], "method": "lora", "lora_rank": 4}}}
+    result = dg.materialize(
+        ALL,
+        selection=[tokenizer, base_model, cpt_model],
+        resources={"lake": lake, "training_compute": TrainingCompute()},
+        instance=instance,
+        run_config={"ops": ops},
+    )
+    assert result.success
+    prefix = json.loads(curated.read_bytes("models/cpt/current.json"))["prefix"]
+    assert curated.exists(f"{prefix}/model.safetensors") and curated.exists(f"{prefix}/config.json")
+    assert curated.exists(f"{prefix}/cpt_adapter/adapter_model.safetensors")

@@ -258,7 +258,12 @@ def cpt_model(
             "\n".join(f"{n}\t{d}" for n, d in sorted(result["output_files"].items())).encode()
         ).hexdigest()
         prefix = f"{CPT_PREFIX}/{version[:16]}"
-        upload_folder(storage, work / "output", prefix)
+        if config.method == "lora":
+            # Downstream adapters need a whole model: fold the CPT adapter into the base, keep the adapter too.
+            upload_folder(storage, work / "output", f"{prefix}/cpt_adapter")
+            upload_folder(storage, merge_adapter(work / "model", work / "output", work / "merged"), prefix)
+        else:
+            upload_folder(storage, work / "output", prefix)
     data_manifest = {
         "version": data_version,
         "texts": len(train_texts),
