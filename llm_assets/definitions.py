@@ -11,6 +11,7 @@ import os
 import dagster as dg
 
 from llm_assets.defs.curation.definitions import curation_definitions
+from llm_assets.defs.evaluation.definitions import evaluation_definitions
 from llm_assets.defs.ingestion.definitions import ingestion_definitions
 from llm_assets.defs.training.definitions import training_definitions
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
@@ -89,7 +90,9 @@ def training_compute_from_env() -> TrainingCompute:
 
 
 def build_definitions() -> dg.Definitions:
-    stages = dg.Definitions.merge(ingestion_definitions(), curation_definitions(), training_definitions())
+    stages = dg.Definitions.merge(
+        ingestion_definitions(), curation_definitions(), training_definitions(), evaluation_definitions()
+    )
     return dg.Definitions.merge(
         stages,
         dg.Definitions(resources={"lake": lake_resource_from_env(), "training_compute": training_compute_from_env()}),

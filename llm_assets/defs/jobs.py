@@ -21,7 +21,11 @@ corpus_pipeline_job = dg.define_asset_job(
 # Everything computed over all sources together: dedup, quality, perplexity, the curated corpus, then the
 # tokenizer, the base model and continued pre-training. Per-task assets run in the task job below.
 PER_TASK = dg.AssetSelection.assets(sft_dataset, lora_adapter)
-GLOBAL_CURATION = dg.AssetSelection.assets(pii_scrubbed_shards).downstream(include_self=False) - PER_TASK.downstream()
+GLOBAL_CURATION = (
+    dg.AssetSelection.assets(pii_scrubbed_shards).downstream(include_self=False)
+    - PER_TASK.downstream()
+    - dg.AssetSelection.groups("evaluation")
+)
 
 corpus_curation_job = dg.define_asset_job(
     CURATION_JOB,
@@ -44,4 +48,14 @@ continued_pretraining_job = dg.define_asset_job(
 )
 lora_sft_job = dg.define_asset_job(
     LORA_JOB, selection=dg.AssetSelection.assets(lora_adapter), description="Train one task's LoRA adapter."
+)
+
+# The eval sets, after the SFT sets they are decontaminated against.
+EVAL_JOB = "evaluation_sets"
+
+
+evaluation_sets_job = dg.define_asset_job(
+    EVAL_JOB,
+    selection=dg.AssetSelection.groups("evaluation"),
+    description="Build the pilot eval Q&A set (grounded, decontaminated, awaiting human review).",
 )

@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from llm_assets.defs.ingestion.partitions import sources_partitions
-from llm_assets.defs.jobs import CORPUS_PIPELINE_JOB, CURATION_JOB, SFT_JOB
+from llm_assets.defs.jobs import CORPUS_PIPELINE_JOB, CURATION_JOB, EVAL_JOB, SFT_JOB
 from llm_assets.defs.training.assets import SFT_TASKS
 from llm_assets.ingestion.landing import scan_landing
 from llm_assets.lake import LakeStorage
@@ -143,6 +143,8 @@ def run_corpus_pipeline(
             for task in SFT_TASKS.get_partition_keys():
                 log(f"{SFT_JOB} for task '{task}' ...")
                 runs.append(execute(defs, instance, SFT_JOB, task))
+            log(f"{EVAL_JOB} ...")
+            runs.append(execute(defs, instance, EVAL_JOB, None))
     return runs
 
 

@@ -12,8 +12,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -243,25 +242,6 @@ def preference_accuracy(
     return wins / len(pairs), margin
 
 
-@contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
-    """Hides the datasets/transformers bars (dataset maps, weight loading) for the run, then restores them."""
-    import datasets
-    from transformers.utils import logging as transformers_logging
-
-    datasets_on = datasets.is_progress_bar_enabled()
-    transformers_on = transformers_logging.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if datasets_on:
-            datasets.enable_progress_bars()
-        if transformers_on:
-            transformers_logging.enable_progress_bar()
-
-
 def run_dpo(
     model_dir: Path,
     pairs: Sequence[PreferencePair],
@@ -277,7 +257,9 @@ def run_dpo(
     of it as the reference model, so DPO is measured against the SFT policy and not the bare base.
     Without it a fresh adapter is trained and the reference is the base model (adapter disabled).
     """
-    with _quiet_progress_bars():
+    from llm_assets.training.trainer import quiet_progress_bars
+
+    with quiet_progress_bars():
         return _run_dpo(model_dir, pairs, output_dir, config, adapter_dir=adapter_dir, log=log)
 
 

@@ -134,6 +134,25 @@ def use_bf16(config: TrainingConfig) -> bool:
     return config.precision == "bf16"
 
 
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hides the datasets/transformers bars (dataset maps, weight loading) for the run, then restores them."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets_on = datasets.is_progress_bar_enabled()
+    transformers_on = transformers_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if transformers_on:
+            transformers_logging.enable_progress_bar()
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -361,9 +380,7 @@ def run_training(spec: dict[str, Any], *, log: Log | None = None) -> dict[str, A
         output_uri = os.path.expandvars(spec.get("output_dir") or str(work / "output"))
         output_dir = work / "output" if output_uri.startswith("s3://") else Path(output_uri)
         checkpoint_dir = Path(os.path.expandvars(spec.get("checkpoint_dir") or str(work / "checkpoints")))
-        from llm_assets.training.dpo import _quiet_progress_bars
-
-        with _quiet_progress_bars():
+        with quiet_progress_bars():
             result = _train(config, model_dir, data_dir, output_dir, checkpoint_dir, spec.get("checkpoint_mirror"), log)
         (output_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
         if output_uri.startswith("s3://"):

@@ -280,3 +280,50 @@ def test_cpt_with_lora_stores_a_whole_model(curated: LocalLakeStorage, instance,
     prefix = json.loads(curated.read_bytes("models/cpt/current.json"))["prefix"]
     assert curated.exists(f"{prefix}/model.safetensors") and curated.exists(f"{prefix}/config.json")
     assert curated.exists(f"{prefix}/cpt_adapter/adapter_model.safetensors")
+
+
+def test_eval_qa_pilot_is_grounded_decontaminated_and_awaits_review(  # type: ignore[no-untyped-def]
+    curated: LocalLakeStorage, instance, lake
+) -> None:
+    from llm_assets.defs.evaluation.assets import eval_qa_pilot
+
+    everything = [*ALL, eval_qa_pilot]
+    built = dg.materialize(
+        everything,
+        selection=[sft_dataset],
+        partition_key="banking77_intents",
+        resources={"lake": lake, "training_compute": TrainingCompute()},
+        instance=instance,
+        run_config={"ops": {"sft_dataset": {"config": {"intents": 3, "min_examples": 10}}}},
+    )
+    assert built.success
+    first = dg.materialize(
+        everything,
+        selection=[eval_qa_pilot],
+        resources={"lake": lake, "training_compute": TrainingCompute()},
+        instance=instance,
+        run_config={"ops": {"eval_qa_pilot": {"config": {"pilot_size": 20}}}},
+    )
+    assert first.success  # the review check warns; it does not stop the graph
+    checks = {e.check_name: e for e in first.get_asset_check_evaluations()}
+    assert checks["grounded"].passed and checks["decontaminated"].passed
+    assert not checks["human_review"].passed
+    assert checks["human_review"].metadata["status"].value == "awaiting review: no labels yet"
+    pointer = json.loads(curated.read_bytes("evaluation/qa/pilot/current.json"))
+    items = [json.loads(line) for line in curated.read_bytes(f"{pointer['prefix']}/items.jsonl").splitlines()]
+    assert 0 < len(items) <= 20 and all(i["source_id"] and i["span"][1] > i["span"][0] for i in items)
+    manifest = json.loads(curated.read_bytes(f"{pointer['prefix']}/manifest.json"))
+    assert "banking77_intents" in manifest["decontaminated_against"]["sft_sets"]
+
+    # Reviewers' labels for this version make the check pass only at the acceptance threshold.
+    labels = "".join(json.dumps({"item_id": i["id"], "correct": True}) + "\n" for i in items)
+    curated.write_bytes(f"evaluation/qa/reviews/{pointer['version'][:16]}/reviewer-a.jsonl", labels.encode())
+    second = dg.materialize(
+        everything,
+        selection=[eval_qa_pilot],
+        resources={"lake": lake, "training_compute": TrainingCompute()},
+        instance=instance,
+        run_config={"ops": {"eval_qa_pilot": {"config": {"pilot_size": 20}}}},
+    )
+    review = {e.check_name: e for e in second.get_asset_check_evaluations()}["human_review"]
+    assert review.passed and review.metadata["acceptance"].value == 1.0

@@ -1,0 +1,194 @@
+"""Evaluation wiring: the pilot eval Q&A set, grounded by construction and decontaminated against training data.
+
+Nobody should trust a number from an eval set people have not checked: the pilot carries a human-review
+check that says "awaiting review" until labels land in the lake, and never passes without them.
+"""
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from llm_assets.curation import pipeline
+from llm_assets.defs.audit_trail import record_check, record_materialization
+from llm_assets.defs.curation.assets import code_version_of, curated_corpus
+from llm_assets.defs.ingestion.partitions import sources_partitions
+from llm_assets.defs.training.assets import SFT_PREFIX, SFT_TASKS, sft_dataset
+from llm_assets.evaluation.decontamination import NgramIndex, decontaminate
+from llm_assets.evaluation.extractive import (
+    decontamination_text,
+    dedupe,
+    generate_items,
+    pilot_batch,
+    stratum_counts,
+    validate_item,
+)
+from llm_assets.lake import LakeError, iter_shards
+from llm_assets.plots import bar_chart
+from llm_assets.resources.lake import LakeResource
+
+EVAL_QA_PREFIX = "evaluation/qa/pilot"
+REVIEW_PREFIX = "evaluation/qa/reviews"
+
+
+class EvalQaPilotConfig(dg.Config):
+    """A stratified pilot batch of extractive cloze and multiple-choice items from held-out curated text."""
+
+    pilot_size: int = Field(default=200, ge=1, description="Items in the pilot batch (the issue: 100-300).")
+    per_record: int = Field(default=3, ge=1, description="Answers drawn per source record at most.")
+    seed: int = 0
+    ngram: int = Field(default=8, ge=3, description="Word n-gram length for decontamination.")
+    min_acceptance: float = Field(default=0.9, ge=0, le=1, description="Share of reviewed items judged correct.")
+
+
+@dg.asset(
+    deps=[curated_corpus, sft_dataset],
+    group_name="evaluation",
+    code_version="eval_qa_pilot-v1",
+    kinds={"json"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "grounded",
+            asset="eval_qa_pilot",
+            blocking=True,
+            description="Every answer is the exact span of its cited source record.",
+        ),
+        dg.AssetCheckSpec(
+            "decontaminated",
+            asset="eval_qa_pilot",
+            blocking=True,
+            description="No item shares an n-gram with the curated train split or an SFT set.",
+        ),
+        dg.AssetCheckSpec(
+            "human_review",
+            asset="eval_qa_pilot",
+            description="Reviewers judged >= min_acceptance of the items correct; never passes without labels.",
+        ),
+    ],
+)
+def eval_qa_pilot(
+    context: dg.AssetExecutionContext, config: EvalQaPilotConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    """The pilot eval set: extractive items from dev/test records, stratified by domain, language, difficulty."""
+    storage = lake.storage()
+    sources = sorted(context.instance.get_dynamic_partitions(sources_partitions.name or "sources"))
+    held_out: list[dict[str, Any]] = []
+    train_docs: list[tuple[str, str]] = []
+    for source in sources:
+        for shard in iter_shards(storage, pipeline.input_manifest(storage, pipeline.CURATED, source)):
+            for row in shard.select(["id", "text", "lang", "split", "domain"]).to_pylist():
+                if row["split"] == "train":
+                    train_docs.append((row["id"], row["text"]))
+                else:
+                    held_out.append({**row, "lang": row["lang"] or "und", "domain": row["domain"] or "general"})
+    sft_versions = {}
+    for task in SFT_TASKS.get_partition_keys():
+        try:
+            prefix = json.loads(storage.read_bytes(f"{SFT_PREFIX}/{task}/current.json"))["prefix"]
+        except LakeError:
+            continue  # that task's set was never built: nothing of it can leak
+        sft_versions[task] = prefix
+        for line in storage.read_bytes(f"{prefix}/train.prompt_completion.jsonl").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                train_docs.append((f"sft/{task}/{row['id']}", f"{row['prompt']}{row['completion']}"))
+    items = dedupe(generate_items(held_out, per_record=config.per_record, seed=config.seed))
+    index = NgramIndex.build(train_docs, n=config.ngram)
+    by_id = {item.id: item for item in items}
+    clean, contaminated, overlaps = decontaminate(((i.id, decontamination_text(i)) for i in items), index)
+    pilot = pilot_batch([by_id[item_id] for item_id, _ in clean], config.pilot_size, seed=config.seed)
+    sources_text = {row["id"]: row["text"] for row in held_out}
+    problems = {item.id: validate_item(item, sources_text[item.source_id]) for item in pilot}
+    ungrounded = {k: v for k, v in problems.items() if v}
+
+    lines = "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in pilot).encode()
+    version = hashlib.sha256(lines).hexdigest()
+    prefix = f"{EVAL_QA_PREFIX}/{version[:16]}"
+    storage.write_bytes(f"{prefix}/items.jsonl", lines)
+    removed = [{"item_id": o.item_id, "doc_id": o.doc_id, "ngram": o.ngram, "count": o.count} for o in overlaps]
+    storage.write_bytes(f"{prefix}/contamination.json", json.dumps(removed, indent=2, ensure_ascii=False).encode())
+    strata = {"/".join(k): v for k, v in sorted(stratum_counts(pilot).items())}
+    manifest = {
+        "version": version,
+        "items": len(pilot),
+        "generated": len(items),
+        "removed_as_contaminated": len(contaminated),
+        "strata": strata,
+        "generator": "extractive",
+        "seed": config.seed,
+        "ngram": config.ngram,
+        "decontaminated_against": {"curated_corpus_train_docs": len(train_docs), "sft_sets": sft_versions},
+    }
+    storage.write_bytes(f"{prefix}/manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+    storage.write_bytes(f"{EVAL_QA_PREFIX}/current.json", json.dumps({"version": version, "prefix": prefix}).encode())
+
+    labels = [
+        json.loads(line)
+        for info in storage.list_objects(f"{REVIEW_PREFIX}/{version[:16]}/")
+        for line in storage.read_bytes(info.key).splitlines()
+        if line.strip()
+    ]
+    accepted = sum(bool(label.get("correct")) for label in labels)
+    acceptance = accepted / len(labels) if labels else 0.0
+    checks = [
+        dg.AssetCheckResult(
+            check_name="grounded",
+            passed=bool(pilot) and not ungrounded,
+            metadata={"items": len(pilot), "ungrounded": dg.MetadataValue.json(dict(list(ungrounded.items())[:20]))},
+        ),
+        dg.AssetCheckResult(
+            check_name="decontaminated",
+            passed=not any(index.overlaps_for(i.id, decontamination_text(i)) for i in pilot),
+            metadata={"removed": len(contaminated), "overlaps": dg.MetadataValue.json(removed[:20])},
+        ),
+        dg.AssetCheckResult(
+            check_name="human_review",
+            passed=bool(labels) and acceptance >= config.min_acceptance,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "status": "awaiting review: no labels yet" if not labels else f"{len(labels)} items reviewed",
+                "labelled": len(labels),
+                "acceptance": acceptance,
+                "min_acceptance": config.min_acceptance,
+                "labels_location": dg.MetadataValue.path(storage.uri(f"{REVIEW_PREFIX}/{version[:16]}/")),
+            },
+        ),
+    ]
+    for check in checks:
+        record_check(
+            context,
+            storage,
+            check_name=check.check_name or "",
+            passed=check.passed,
+            data_version=version,
+            figures={k: getattr(v, "value", v) for k, v in (check.metadata or {}).items()},
+        )
+    record_materialization(
+        context,
+        storage,
+        code_version=code_version_of(context),
+        input_data_versions={f"sft_dataset/{k}": v for k, v in sft_versions.items()}
+        | {f"curated_corpus/{s}": pipeline.input_manifest(storage, pipeline.CURATED, s).data_version for s in sources},
+        output_data_version=version,
+        counts={"items": len(pilot), "removed_as_contaminated": len(contaminated)},
+        config=config.model_dump(),
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        check_results=checks,
+        metadata={
+            "dagster/row_count": len(pilot),
+            "manifest": dg.MetadataValue.json(manifest),
+            "location": dg.MetadataValue.path(storage.uri(prefix)),
+            "example": dg.MetadataValue.json(asdict(pilot[0]) if pilot else {}),
+            "strata_plot": dg.MetadataValue.md(
+                bar_chart(
+                    {k: float(v) for k, v in strata.items()} or {"none": 0.0},
+                    title="Pilot items per domain / language / difficulty",
+                )
+            ),
+        },
+    )

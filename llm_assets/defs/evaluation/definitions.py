@@ -1,0 +1,8 @@
+import dagster as dg
+
+from llm_assets.defs.evaluation.assets import eval_qa_pilot
+from llm_assets.defs.jobs import evaluation_sets_job
+
+
+def evaluation_definitions() -> dg.Definitions:
+    return dg.Definitions(assets=[eval_qa_pilot], jobs=[evaluation_sets_job])

@@ -1,0 +1,1 @@
+"""Evaluation: model-free item generation, held-out hygiene and scoring, all pure and testable offline."""
