@@ -331,5 +331,52 @@ def audit_show(tail: int) -> None:
         click.echo(json.dumps(record, ensure_ascii=False, sort_keys=True))
 
 
+@main.group()
+def review() -> None:
+    """Review the pilot eval set by hand; the labels go to the lake and gate `eval_qa_validated`."""
+
+
+@review.command("serve")
+@click.option("--port", default=8765, show_default=True, help="Port on 127.0.0.1 for the review page.")
+@one_line_errors
+def review_serve(port: int) -> None:
+    """Serve the review page on 127.0.0.1 until Ctrl-C."""
+    from llm_assets.evaluation.review_server import make_server
+
+    try:
+        server = make_server(_lake_storage(), port=port, verbose=True)
+    except OSError as exc:
+        raise UserError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pass another --port") from exc
+    click.echo(f"Review page: {server.url}  (Ctrl-C to stop)")
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            click.echo("stopped")
+
+
+@review.command("status")
+@click.option(
+    "--min-acceptance", default=0.9, show_default=True, type=click.FloatRange(0, 1), help="Threshold per criterion."
+)
+@one_line_errors
+def review_status(min_acceptance: float) -> None:
+    """Print the acceptance rate per criterion and the label counts of the current pilot set."""
+    from llm_assets.evaluation.review import ReviewStore, acceptance, rates_table, status_line
+
+    store = ReviewStore(_lake_storage())
+    labels = store.labels()
+    result = acceptance(labels)
+    click.echo(f"pilot {store.version[:16]}: {len(store.items)} items, {result.items_reviewed} reviewed")
+    click.echo(f"status: {status_line(result, min_acceptance)}")
+    if not result.labels:
+        return
+    for reviewer in result.reviewers:
+        click.echo(f"  {reviewer:<20} {sum(label.reviewer == reviewer for label in labels)} labels")
+    for line in rates_table(result.rates, result.accepted, result.labels):
+        click.echo(f"  {line}")
+    click.echo(f"  all four  {result.all_criteria_rate:6.1%}  ({result.all_criteria}/{result.labels})")
+
+
 if __name__ == "__main__":
     main()

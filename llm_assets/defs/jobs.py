@@ -56,6 +56,7 @@ EVAL_JOB = "evaluation_sets"
 
 evaluation_sets_job = dg.define_asset_job(
     EVAL_JOB,
-    selection=dg.AssetSelection.groups("evaluation"),
+    # eval_qa_validated is left to the review sensor: it runs when reviewers' labels land.
+    selection=dg.AssetSelection.assets("eval_qa_pilot"),
     description="Build the pilot eval Q&A set (grounded, decontaminated, awaiting human review).",
 )
