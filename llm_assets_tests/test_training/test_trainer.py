@@ -204,7 +204,8 @@ def test_killed_run_resumes_from_the_last_checkpoint_with_the_same_step_count(
     mirror = tmp_path / "lake-checkpoints"
     spec = _spec_file(tmp_path, tiny_model, sft_data, "spot", mirror)
     process = _trainer(spec)
-    _kill_after_first_checkpoint(process, tmp_path / "spot-ckpt")
+    # Killed once the first checkpoint is complete in the lake mirror (what survives the lost machine).
+    _kill_after_first_checkpoint(process, mirror)
     assert not (tmp_path / "spot-out" / "training_result.json").exists()
     assert any(mirror.glob(f"checkpoint-*/{COMPLETE_MARKER}"))
 

@@ -247,7 +247,7 @@ def cpt_model(
         context.log.info(f"CPT on {len(train_texts)} texts ({mixture['total_chars']:,} chars), run {run_key}")
         result = training_compute.run(
             context,
-            job_name=f"cpt-{run_key[:12]}-{context.run_id[:8]}",
+            job_name=f"cpt-{run_key[:12]}-{context.run.run_id[:8]}",
             spec={"config": training.model_dump()},
             channels={"model": work / "model", "data": work / "data"},
             output_dir=work / "output",
@@ -448,7 +448,7 @@ def lora_adapter(
         checkpoint_dir, mirror = _checkpoint_dir(storage, run_key, work)
         result = training_compute.run(
             context,
-            job_name=f"sft-{task.replace('_', '-')}-{context.run_id[:8]}",
+            job_name=f"sft-{task.replace('_', '-')}-{context.run.run_id[:8]}",
             spec={"config": training.model_dump()},
             channels={"model": work / "model", "data": work / "data"},
             output_dir=work / "output",
@@ -607,7 +607,7 @@ def lora_sweep_trial(
         _write_jsonl(work / "data" / "eval.jsonl", validation)  # selection sees validation only, never test
         result = training_compute.run(
             context,
-            job_name=f"sweep-{context.partition_key.replace('.', '')}-{context.run_id[:8]}",
+            job_name=f"sweep-{context.partition_key.replace('.', '')}-{context.run.run_id[:8]}",
             spec={"config": training.model_dump()},
             channels={"model": work / "model", "data": work / "data"},
             output_dir=work / "output",
