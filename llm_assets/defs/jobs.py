@@ -60,3 +60,11 @@ evaluation_sets_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("eval_qa_pilot"),
     description="Build the pilot eval Q&A set (grounded, decontaminated, awaiting human review).",
 )
+
+# Baseline b of each candidate base model on the eval set (partitioned by candidate).
+BASELINE_JOB = "candidate_baselines"
+baseline_eval_job = dg.define_asset_job(
+    BASELINE_JOB,
+    selection=dg.AssetSelection.assets("baseline_eval"),
+    description="Score each candidate base model on the eval set before adaptation.",
+)

@@ -8,8 +8,9 @@ from typing import Any
 
 import dagster as dg
 
+from llm_assets.defs.evaluation.assets import CANDIDATES
 from llm_assets.defs.ingestion.partitions import sources_partitions
-from llm_assets.defs.jobs import CORPUS_PIPELINE_JOB, CURATION_JOB, EVAL_JOB, SFT_JOB
+from llm_assets.defs.jobs import BASELINE_JOB, CORPUS_PIPELINE_JOB, CURATION_JOB, EVAL_JOB, SFT_JOB
 from llm_assets.defs.training.assets import SFT_TASKS
 from llm_assets.ingestion.landing import scan_landing
 from llm_assets.lake import LakeStorage
@@ -74,6 +75,9 @@ def _headline(metadata: Mapping[str, Any]) -> str:
     if after is not None and after.value is not None:
         start = f"{before.value:.1%} -> " if before is not None and before.value is not None else ""
         return f"held-out accuracy {start}{after.value:.1%}"
+    baseline = metadata.get("baseline_acc")
+    if baseline is not None:
+        return f"baseline accuracy {baseline.value:.1%} (chance 25.0%)"
     loss = metadata.get("final_eval_loss")
     return f"validation loss {loss.value:.3f}" if loss is not None else ""
 
@@ -145,6 +149,10 @@ def run_corpus_pipeline(
                 runs.append(execute(defs, instance, SFT_JOB, task))
             log(f"{EVAL_JOB} ...")
             runs.append(execute(defs, instance, EVAL_JOB, None))
+            if runs[-1].success:
+                for candidate in CANDIDATES.get_partition_keys():
+                    log(f"{BASELINE_JOB} for candidate '{candidate}' ...")
+                    runs.append(execute(defs, instance, BASELINE_JOB, candidate))
     return runs
 
 

@@ -327,3 +327,29 @@ def test_eval_qa_pilot_is_grounded_decontaminated_and_awaits_review(  # type: ig
     )
     review = {e.check_name: e for e in second.get_asset_check_evaluations()}["human_review"]
     assert review.passed and review.metadata["acceptance"].value == 1.0
+
+    # Baseline b of a candidate base size on the pilot's multiple-choice items, with its reproducibility manifest.
+    from llm_assets.defs.evaluation.assets import baseline_eval
+
+    resources = {"lake": lake, "training_compute": TrainingCompute()}
+    everything = [*everything, baseline_eval]
+    assert dg.materialize(
+        everything,
+        selection=[tokenizer],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"tokenizer": TINY["tokenizer"]}},
+    ).success
+    scored = dg.materialize(
+        everything,
+        selection=[baseline_eval],
+        partition_key="tiny-h64-l2",
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"baseline_eval": {"config": {"limit": 8}}}},
+    )
+    assert scored.success
+    meta = scored.asset_materializations_for_node("baseline_eval")[0].metadata
+    assert 0.0 <= meta["baseline_acc"].value <= 1.0 and meta["items_scored"].value == min(8, sum(i["kind"] == "multiple_choice" for i in items))
+    for key in ("lm_eval_version", "tasks", "batch_size", "dtype", "backend", "model_version"):
+        assert key in meta["reproducibility"].value

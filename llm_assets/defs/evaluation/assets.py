@@ -192,3 +192,112 @@ def eval_qa_pilot(
             ),
         },
     )
+
+
+# ---------------------------------------------------------------- baseline b per candidate base model
+
+BASELINE_PREFIX = "evaluation/baselines"
+CANDIDATES = dg.StaticPartitionsDefinition(["tiny-h64-l2", "tiny-h128-l4"])
+_CANDIDATE_SHAPES = {"tiny-h64-l2": (64, 172, 2), "tiny-h128-l4": (128, 344, 4)}
+
+
+class BaselineEvalConfig(dg.Config):
+    """The locked eval suite on one candidate base model, before any adaptation (the seeds' baseline b)."""
+
+    source: str = Field(
+        default="",
+        description="Empty: bootstrap the candidate's size from the tokenizer (embedded default, random init). "
+        "'path:/dir' or 'lake:prefix': a staged open-weight candidate.",
+    )
+    limit: int = Field(default=0, ge=0, description="Score at most this many items (0 = all).")
+    batch_size: int = Field(default=8, ge=1)
+
+
+@dg.asset(
+    deps=[eval_qa_pilot],
+    partitions_def=CANDIDATES,
+    group_name="evaluation",
+    code_version="baseline_eval-v1",
+    kinds={"json"},
+)
+def baseline_eval(
+    context: dg.AssetExecutionContext, config: BaselineEvalConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    """Baseline b of one candidate on the eval set's multiple-choice items, via lm-evaluation-harness offline."""
+    import tempfile
+    from pathlib import Path
+
+    from llm_assets.evaluation.lm_eval_tasks import EvalTaskError, export_task, run_local
+    from llm_assets.training.base_model import ModelError, TinyLlamaConfig, bootstrap_tiny_llama, download_prefix
+
+    storage = lake.storage()
+    candidate = context.partition_key
+    try:
+        pointer = json.loads(storage.read_bytes(f"{EVAL_QA_PREFIX}/current.json"))
+    except LakeError as exc:
+        raise dg.Failure(
+            f"{storage.uri(EVAL_QA_PREFIX)}/current.json is missing; materialize eval_qa_pilot first"
+        ) from exc
+    items = [json.loads(line) for line in storage.read_bytes(f"{pointer['prefix']}/items.jsonl").splitlines() if line]
+    choice_items = [i for i in items if i["kind"] == "multiple_choice"]
+    if not choice_items:
+        raise dg.Failure(f"{storage.uri(pointer['prefix'])}: no multiple-choice items to score")
+    with tempfile.TemporaryDirectory(prefix="baseline-") as tmp:
+        work = Path(tmp)
+        try:
+            if not config.source:
+                tokenizer_pointer = json.loads(storage.read_bytes("models/tokenizer/current.json"))
+                hidden, intermediate, layers = _CANDIDATE_SHAPES[candidate]
+                card = bootstrap_tiny_llama(
+                    download_prefix(storage, tokenizer_pointer["prefix"], work / "tokenizer"),
+                    TinyLlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers),
+                    work / "model",
+                )
+                model_dir, parameters = work / "model", card.parameters
+            elif config.source.startswith("path:"):
+                model_dir, parameters = Path(config.source.removeprefix("path:")), None
+            elif config.source.startswith("lake:"):
+                model_dir = download_prefix(storage, config.source.removeprefix("lake:"), work / "model")
+                parameters = None
+            else:
+                raise dg.Failure(f"source {config.source!r}: use '', 'path:/dir' or 'lake:prefix'")
+            export_task(choice_items, work / "tasks", "eval_qa_mc", "multiple_choice")
+            report = run_local(
+                work / "tasks", ["eval_qa_mc"], model_dir, batch_size=config.batch_size, limit=config.limit or None
+            )
+        except (ModelError, EvalTaskError, LakeError) as exc:
+            raise dg.Failure(f"baseline_eval {candidate}: {str(exc).splitlines()[0]}") from exc
+    scores = report.metrics["eval_qa_mc"]
+    result = {
+        "candidate": candidate,
+        "parameters": parameters,
+        "eval_set_version": pointer["version"],
+        "items_scored": report.samples.get("eval_qa_mc"),
+        "chance": 0.25,
+        "metrics": scores,
+        "manifest": report.manifest,
+    }
+    payload = json.dumps(result, indent=2, sort_keys=True, default=str).encode()
+    version = hashlib.sha256(payload).hexdigest()
+    storage.write_bytes(f"{BASELINE_PREFIX}/{candidate}/{version[:16]}/report.json", payload)
+    storage.write_bytes(f"{BASELINE_PREFIX}/{candidate}/current.json", json.dumps({"version": version}).encode())
+    record_materialization(
+        context,
+        storage,
+        code_version=code_version_of(context),
+        input_data_versions={"eval_qa_pilot": pointer["version"], "model": report.manifest.get("model_version", "")},
+        output_data_version=version,
+        counts={"items": int(result["items_scored"] or 0)},
+        config=config.model_dump(),
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        metadata={
+            "baseline_acc": dg.MetadataValue.float(float(scores.get("acc", 0.0))),
+            "baseline_acc_norm": dg.MetadataValue.float(float(scores.get("acc_norm", 0.0))),
+            "chance": 0.25,
+            "parameters": parameters,
+            "items_scored": result["items_scored"],
+            "reproducibility": dg.MetadataValue.json(report.manifest),
+        },
+    )

@@ -1,11 +1,12 @@
 import dagster as dg
 
-from llm_assets.defs.evaluation.assets import eval_qa_pilot
+from llm_assets.defs.evaluation.assets import baseline_eval, eval_qa_pilot
 from llm_assets.defs.evaluation.review import review_definitions
-from llm_assets.defs.jobs import evaluation_sets_job
+from llm_assets.defs.jobs import baseline_eval_job, evaluation_sets_job
 
 
 def evaluation_definitions() -> dg.Definitions:
     return dg.Definitions.merge(
-        dg.Definitions(assets=[eval_qa_pilot], jobs=[evaluation_sets_job]), review_definitions()
+        dg.Definitions(assets=[eval_qa_pilot, baseline_eval], jobs=[evaluation_sets_job, baseline_eval_job]),
+        review_definitions(),
     )
