@@ -350,6 +350,7 @@ def test_eval_qa_pilot_is_grounded_decontaminated_and_awaits_review(  # type: ig
     )
     assert scored.success
     meta = scored.asset_materializations_for_node("baseline_eval")[0].metadata
-    assert 0.0 <= meta["baseline_acc"].value <= 1.0 and meta["items_scored"].value == min(8, sum(i["kind"] == "multiple_choice" for i in items))
+    choice_items = sum(i["kind"] == "multiple_choice" for i in items)
+    assert 0.0 <= meta["baseline_acc"].value <= 1.0 and meta["items_scored"].value == min(8, choice_items)
     for key in ("lm_eval_version", "tasks", "batch_size", "dtype", "backend", "model_version"):
         assert key in meta["reproducibility"].value
