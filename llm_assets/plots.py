@@ -52,10 +52,18 @@ def histogram(
 
 
 def line_chart(
-    series: Mapping[str, Sequence[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str, log_y: bool = False
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_y: bool = False,
+    hlines: Mapping[str, float] | None = None,
 ) -> str:
-    """One line per series of (x, y) points (e.g. train and validation loss over steps)."""
+    """One line per series of (x, y) points (e.g. train and validation loss over steps); `hlines` mark targets."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, linestyle="--", color="grey", linewidth=1, label=label)
     for label, points in series.items():
         if points:
             xs, ys = zip(*points, strict=True)
@@ -65,6 +73,6 @@ def line_chart(
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if series:
+    if series or hlines:
         ax.legend(fontsize="small")
     return _markdown_png(fig, title)

@@ -61,6 +61,12 @@ class TrainingConfig(BaseModel):
     max_eval_examples: int = Field(default=256, ge=1, description="Cap on validation examples.")
     probe_generations: int = Field(default=8, ge=0, description="Greedy generations after training for the EOS gate.")
     probe_max_new_tokens: int = Field(default=24, ge=1, description="Generation budget a probe must stop within.")
+    curve_examples: int = Field(
+        default=64,
+        ge=0,
+        description="SFT with a test set: held-out examples scored (greedy exact match) at every evaluation, for "
+        "the adaptation curve (score vs tokens, steps, wall time); 0 turns it off.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:

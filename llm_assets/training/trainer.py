@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -304,8 +305,73 @@ def completion_token_ids(tokenizer: Any, rows: Sequence[dict[str, Any]]) -> list
     return sorted(ids)
 
 
-def _trainer_callbacks(log: Log, mirror: str | None, total_steps: int, initial: dict[str, Any]) -> list[Any]:
+def curve_rows(rows: Sequence[dict[str, Any]], size: int, seed: int) -> list[dict[str, Any]]:
+    """A seeded sample of held-out rows scored at every evaluation (test sets are often grouped by label)."""
+    if size <= 0 or not rows:
+        return []
+    if len(rows) <= size:
+        return list(rows)
+    return random.Random(seed).sample(list(rows), size)
+
+
+CURVE_KEY = "curve_score"
+
+
+def _trainer_callbacks(
+    log: Log,
+    mirror: str | None,
+    total_steps: int,
+    initial: dict[str, Any],
+    curve: Sequence[dict[str, Any]] = (),
+    curve_max_new_tokens: int = 8,
+) -> list[Any]:
     from transformers import TrainerCallback
+
+    class AdaptationCurve(TrainerCallback):
+        """Scores the model on held-out rows at every evaluation, with tokens seen and training-only seconds.
+
+        The points live in `state.log_history`, which every checkpoint stores, so a resumed run keeps them.
+        """
+
+        def __init__(self) -> None:
+            self.seconds: float | None = None
+            self.step_started = 0.0
+            self.training = False
+
+        def _last_seconds(self, state: Any) -> float:
+            points = [h for h in state.log_history if CURVE_KEY in h]
+            return float(points[-1]["train_seconds"]) if points else 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.training = True
+            self.seconds = self._last_seconds(state)
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.step_started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.seconds = (self.seconds or 0.0) + time.perf_counter() - self.step_started
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.training = False  # the closing evaluate() scores the kept model, not a point on the curve
+
+        def on_evaluate(
+            self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+        ) -> None:
+            if not (self.training and curve):
+                return
+            model, tokenizer = kwargs["model"], kwargs["processing_class"]
+            score = exact_match_accuracy(model, tokenizer, curve, curve_max_new_tokens)
+            state.log_history.append(
+                {
+                    "step": state.global_step,
+                    CURVE_KEY: score,
+                    "tokens": int(state.num_input_tokens_seen or 0),
+                    "train_seconds": round(self.seconds or 0.0, 3),
+                    "validation_loss": (metrics or {}).get("eval_loss"),
+                }
+            )
+            log(f"step {state.global_step}/{total_steps}: held-out score {score:.3f} on {len(curve)} examples")
 
     class Progress(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
@@ -324,7 +390,7 @@ def _trainer_callbacks(log: Log, mirror: str | None, total_steps: int, initial: 
                 _mirror_checkpoint(checkpoint, mirror)
             log(f"checkpoint {checkpoint.name} complete")
 
-    return [Progress()]
+    return [Progress(), AdaptationCurve()]
 
 
 def compact_loss_trainer_class() -> type:
@@ -503,7 +569,9 @@ def _train(
 
     trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for raw dict prints; `log` reports instead
     initial: dict[str, Any] = {}
-    trainer.add_callback(_trainer_callbacks(log, mirror, total_steps, initial)[0])
+    curve = curve_rows(test_rows, config.curve_examples, config.seed) if config.mode == "sft" else []
+    for callback in _trainer_callbacks(log, mirror, total_steps, initial, curve, config.probe_max_new_tokens):
+        trainer.add_callback(callback)
 
     eos_id = int(tokenizer.eos_token_id)
     mask = loss_mask_report(trainer.train_dataset, eos_id) if config.mode == "sft" else None
@@ -515,6 +583,13 @@ def _train(
         initial.update(json.loads((resume / INITIAL_EVAL_FILE).read_text()))
     else:
         initial["loss"] = float(trainer.evaluate()["eval_loss"])
+        if curve:
+            same = len(curve) == len(test_rows) and accuracy_before is not None
+            initial[CURVE_KEY] = (
+                accuracy_before
+                if same
+                else exact_match_accuracy(trainer.model, tokenizer, curve, config.probe_max_new_tokens)
+            )
     initial_eval = initial.get("loss")
     log(
         f"{config.mode} ({config.method}) on {len(train_rows)} examples: {total_steps} steps, "
@@ -532,6 +607,16 @@ def _train(
     during = [h for h in history if "eval_loss" in h][:-1]
     eval_losses += [{"step": h["step"], "loss": h["eval_loss"]} for h in during]
     train_losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
+    adaptation_curve = (
+        [{"step": 0, "score": initial[CURVE_KEY], "tokens": 0, "train_seconds": 0.0, "validation_loss": initial_eval}]
+        if CURVE_KEY in initial
+        else []
+    )
+    adaptation_curve += [
+        {"step": h["step"], "score": h[CURVE_KEY], **{k: h[k] for k in ("tokens", "train_seconds", "validation_loss")}}
+        for h in history
+        if CURVE_KEY in h
+    ]
     tokens = int(trainer.state.num_input_tokens_seen or 0)
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -579,6 +664,8 @@ def _train(
         "probes": probes,
         "probe_max_new_tokens": probe_budget,
         "accuracy_before": accuracy_before,
+        "adaptation_curve": adaptation_curve,
+        "curve_examples": len(curve),
         "accuracy_after": accuracy_after,
         "output_files": {
             p.relative_to(output_dir).as_posix(): _sha256(p)

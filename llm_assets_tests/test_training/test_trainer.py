@@ -108,6 +108,12 @@ def test_lora_sft_learns_and_reports_what_the_checks_need(tiny_model: Path, sft_
     assert result["tokens_seen"] > 0 and result["tokens_per_second"] > 0
     assert len(result["probes"]) == 3
     assert result["accuracy_after"] is not None and result["accuracy_after"] >= result["accuracy_before"]
+    # The adaptation curve: step 0 plus one point per evaluation, tokens and training seconds rising.
+    curve = result["adaptation_curve"]
+    assert [p["step"] for p in curve] == [0] + [p["step"] for p in result["eval_losses"][1:]]
+    assert curve[0]["score"] == result["accuracy_before"] and result["curve_examples"] == 9
+    assert all(b["tokens"] > a["tokens"] and b["train_seconds"] > a["train_seconds"] for a, b in zip(curve, curve[1:]))
+    assert curve[-1]["tokens"] <= result["tokens_seen"] and all(0 <= p["score"] <= 1 for p in curve)
     out = tmp_path / "out"
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     assert "adapter_model.safetensors" in result["output_files"]
