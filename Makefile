@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(BIN)/dg check defs
 
 test: lint
+	scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest
 
 # Forget every run and every lake object of the embedded default (the sample corpus stays in the package).

@@ -156,6 +156,8 @@ textarea { width: 100%; min-height: 4rem; margin: 0.5rem 0; }
 button { font-size: 1rem; padding: 0.4rem 1.1rem; }
 #message { min-height: 1.5rem; }
 .error { color: #b00020; }
+.saved { color: #1b5e20; }
+.hint { color: #666; font-size: 0.85rem; }
 </style>
 </head>
 <body>
@@ -180,8 +182,9 @@ button { font-size: 1rem; padding: 0.4rem 1.1rem; }
       <label><input type="checkbox" name="safe"> safe</label>
     </fieldset>
     <textarea name="comment" maxlength="2000" placeholder="Comment (optional)"></textarea>
-    <button type="submit">Submit</button>
+    <button type="submit" id="submit">Submit</button>
     <button type="button" id="skip">Skip</button>
+    <span class="hint">Tab and Space tick the boxes; Ctrl+Enter submits.</span>
   </form>
 </section>
 <script>
@@ -191,9 +194,14 @@ const form = $("form");
 let current = null;
 let version = null;
 
-function say(text, isError) {
+function say(text, kind) {
   $("message").textContent = text || "";
-  $("message").className = isError ? "error" : "";
+  $("message").className = kind || "";
+}
+
+function busy(on) {
+  $("submit").disabled = on;
+  $("skip").disabled = on;
 }
 
 function showProgress(p) {
@@ -201,13 +209,18 @@ function showProgress(p) {
 }
 
 async function api(path, options) {
-  const response = await fetch(path, options);
-  const body = await response.json();
-  if (!response.ok) { throw new Error(body.error || response.statusText); }
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (error) {
+    throw new Error("cannot reach the review server at " + location.origin + "; is `llm-assets review serve` running?");
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) { throw new Error(body.error || "server answered " + response.status + " " + response.statusText); }
   return body;
 }
 
-async function load(after) {
+async function load(after, notice) {
   const reviewer = $("reviewer").value.trim();
   localStorage.setItem("llm-assets-reviewer", reviewer);
   let url = "/api/next?reviewer=" + encodeURIComponent(reviewer);
@@ -219,10 +232,10 @@ async function load(after) {
     current = body.item;
     if (!current) {
       $("item").hidden = true;
-      say("All items labelled. Thank you!");
+      say(((notice || "") + " All items labelled. Thank you!").trim(), "saved");
       return;
     }
-    say("");
+    say(notice || "", notice ? "saved" : "");
     $("meta").textContent = [current.kind, current.lang, current.domain, current.difficulty, current.id].join(" · ");
     $("question").textContent = current.question;
     const choices = $("choices");
@@ -238,9 +251,10 @@ async function load(after) {
     $("span").textContent = (current.span || []).join("–");
     form.reset();
     $("item").hidden = false;
+    form.correct.focus();
   } catch (error) {
     $("item").hidden = true;
-    say(error.message, true);
+    say(error.message, "error");
   }
 }
 
@@ -256,6 +270,7 @@ form.addEventListener("submit", async (event) => {
     safe: form.safe.checked,
     comment: form.comment.value,
   };
+  busy(true);
   try {
     const body = await api("/api/label", {
       method: "POST",
@@ -263,13 +278,25 @@ form.addEventListener("submit", async (event) => {
       body: JSON.stringify(label),
     });
     showProgress(body.progress);
-    await load(label.item_id);
+    const ticked = ["correct", "grounded", "clear", "safe"].filter((name) => label[name]);
+    await load(label.item_id, "Saved " + label.item_id + " (" + (ticked.join(", ") || "no criteria met") + ").");
   } catch (error) {
-    say(error.message, true);
+    say(error.message, "error");
+  } finally {
+    busy(false);
+  }
+});
+form.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    event.preventDefault();
+    form.requestSubmit();
   }
 });
 $("skip").addEventListener("click", () => load(current && current.id));
 $("start").addEventListener("click", () => load(null));
+$("reviewer").addEventListener("keydown", (event) => {
+  if (event.key === "Enter") { load(null); }
+});
 $("reviewer").value = localStorage.getItem("llm-assets-reviewer") || "";
 if ($("reviewer").value) { load(null); }
 </script>
