@@ -14,6 +14,7 @@ from llm_assets.defs.curation.definitions import curation_definitions
 from llm_assets.defs.evaluation.definitions import evaluation_definitions
 from llm_assets.defs.ingestion.definitions import ingestion_definitions
 from llm_assets.defs.training.definitions import training_definitions
+from llm_assets.resources.endpoint import InferenceEndpoint
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
 from llm_assets.resources.training_compute import (
     K8sBackendConfig,
@@ -89,13 +90,33 @@ def training_compute_from_env() -> TrainingCompute:
     )
 
 
+def inference_endpoint_from_env() -> InferenceEndpoint:
+    """The OpenAI-compatible server assets call (LLM eval-item generation, endpoint evals): vLLM or the reference
+    server. `LLM_ASSETS_ENDPOINT_URL` (default http://127.0.0.1:8000/v1), `LLM_ASSETS_ENDPOINT_MODEL` (the served
+    model name) and `LLM_ASSETS_ENDPOINT_API_KEY_ENV` (the NAME of the variable holding a key, for remote servers).
+    Nothing contacts it unless an asset is configured to.
+    """
+    env = os.environ
+    return InferenceEndpoint(
+        base_url=env.get("LLM_ASSETS_ENDPOINT_URL", "http://127.0.0.1:8000/v1"),
+        model=env.get("LLM_ASSETS_ENDPOINT_MODEL", "llm-assets"),
+        api_key_env=env.get("LLM_ASSETS_ENDPOINT_API_KEY_ENV") or None,
+    )
+
+
 def build_definitions() -> dg.Definitions:
     stages = dg.Definitions.merge(
         ingestion_definitions(), curation_definitions(), training_definitions(), evaluation_definitions()
     )
     return dg.Definitions.merge(
         stages,
-        dg.Definitions(resources={"lake": lake_resource_from_env(), "training_compute": training_compute_from_env()}),
+        dg.Definitions(
+            resources={
+                "lake": lake_resource_from_env(),
+                "training_compute": training_compute_from_env(),
+                "inference_endpoint": inference_endpoint_from_env(),
+            }
+        ),
     )
 
 

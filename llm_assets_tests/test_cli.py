@@ -98,6 +98,13 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     adapter_line = next(line for line in run.stdout.splitlines() if "lora_adapter" in line and "accuracy" in line)
     before, after = (float(x.rstrip("%")) for x in adapter_line.split("accuracy ")[1].split(" -> "))
     assert after - before >= 20.0 and after >= 25.0, adapter_line
+    # The evaluation framework's outputs: eval reports, adaptation curves per candidate and a selection.
+    for asset, figure in (
+        ("eval_report", "with it"),
+        ("adaptation_curve", "per 1M tokens"),
+        ("model_selection", "chosen: "),
+    ):
+        assert any(asset in line and figure in line for line in run.stdout.splitlines()), asset
     assert (tmp_path / "home" / ".dagster_home" / "dagster.yaml").is_file()
     verify = subprocess.run([str(cli), "audit", "verify"], env=env, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr

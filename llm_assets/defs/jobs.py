@@ -61,10 +61,28 @@ evaluation_sets_job = dg.define_asset_job(
     description="Build the pilot eval Q&A set (grounded, decontaminated, awaiting human review).",
 )
 
-# Baseline b of each candidate base model on the eval set (partitioned by candidate).
-BASELINE_JOB = "candidate_baselines"
+# Per candidate base model (partitioned by candidate): baseline b on the eval set, then a short adaptation run
+# whose held-out score at every evaluation gives the rate of adaptation ra.
+BASELINE_JOB = "candidate_evaluation"
 baseline_eval_job = dg.define_asset_job(
     BASELINE_JOB,
-    selection=dg.AssetSelection.assets("baseline_eval"),
-    description="Score each candidate base model on the eval set before adaptation.",
+    selection=dg.AssetSelection.assets("baseline_eval", "adaptation_curve"),
+    description="Score each candidate base model on the eval set before adaptation, then measure its rate of "
+    "adaptation on the KPI task.",
+)
+
+# b, ra and projected cost side by side: the smallest candidate that reaches the KPI, and the route.
+SELECTION_JOB = "candidate_selection"
+model_selection_job = dg.define_asset_job(
+    SELECTION_JOB,
+    selection=dg.AssetSelection.assets("model_selection"),
+    description="Pick the smallest candidate that reaches the KPI within budget; recommend a route.",
+)
+
+# Per task, once the eval set exists: the adapter's eval report (task metrics per language, benchmark).
+TASK_EVAL_JOB = "task_evaluation"
+task_evaluation_job = dg.define_asset_job(
+    TASK_EVAL_JOB,
+    selection=dg.AssetSelection.assets("eval_report"),
+    description="Evaluate each task's adapter on its test split (per language) and on the eval Q&A set.",
 )

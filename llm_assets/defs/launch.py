@@ -10,7 +10,15 @@ import dagster as dg
 
 from llm_assets.defs.evaluation.assets import CANDIDATES
 from llm_assets.defs.ingestion.partitions import sources_partitions
-from llm_assets.defs.jobs import BASELINE_JOB, CORPUS_PIPELINE_JOB, CURATION_JOB, EVAL_JOB, SFT_JOB
+from llm_assets.defs.jobs import (
+    BASELINE_JOB,
+    CORPUS_PIPELINE_JOB,
+    CURATION_JOB,
+    EVAL_JOB,
+    SELECTION_JOB,
+    SFT_JOB,
+    TASK_EVAL_JOB,
+)
 from llm_assets.defs.training.assets import SFT_TASKS
 from llm_assets.ingestion.landing import scan_landing
 from llm_assets.lake import LakeStorage
@@ -78,6 +86,17 @@ def _headline(metadata: Mapping[str, Any]) -> str:
     baseline = metadata.get("baseline_acc")
     if baseline is not None:
         return f"baseline accuracy {baseline.value:.1%} (chance 25.0%)"
+    metric = metadata.get("metric")
+    if metric is not None and "score_without_adapter" in metadata:
+        before, after = metadata["score_without_adapter"].value, metadata["score"].value
+        return f"test {metric.value} {before:.3f} without the adapter -> {after:.3f} with it"
+    ra = metadata.get("ra_per_million_tokens")
+    if ra is not None:
+        start, best = metadata["b_on_task"].value, metadata["best_score"].value
+        return f"held-out score {start:.1%} -> best {best:.1%}, ra {ra.value:.3g} per 1M tokens"
+    chosen = metadata.get("chosen")
+    if chosen is not None:
+        return f"chosen: {chosen.value}; route: {metadata['route'].value}"
     loss = metadata.get("final_eval_loss")
     return f"validation loss {loss.value:.3f}" if loss is not None else ""
 
@@ -150,9 +169,15 @@ def run_corpus_pipeline(
             log(f"{EVAL_JOB} ...")
             runs.append(execute(defs, instance, EVAL_JOB, None))
             if runs[-1].success:
+                for task in SFT_TASKS.get_partition_keys():
+                    log(f"{TASK_EVAL_JOB} for task '{task}' ...")
+                    runs.append(execute(defs, instance, TASK_EVAL_JOB, task))
                 for candidate in CANDIDATES.get_partition_keys():
                     log(f"{BASELINE_JOB} for candidate '{candidate}' ...")
                     runs.append(execute(defs, instance, BASELINE_JOB, candidate))
+                if all(run.success for run in runs[-len(CANDIDATES.get_partition_keys()) :]):
+                    log(f"{SELECTION_JOB} ...")
+                    runs.append(execute(defs, instance, SELECTION_JOB, None))
     return runs
 
 

@@ -43,7 +43,7 @@ MIN_WORD_CHARS = 4
 MAX_ANSWER_CHARS = 40
 MIN_QUESTION_CHARS = 20
 
-Kind = Literal["cloze", "multiple_choice"]
+Kind = Literal["cloze", "multiple_choice", "short_answer"]
 Difficulty = Literal["easy", "medium", "hard"]
 TokenType = Literal["number", "capitalised", "word"]
 
@@ -52,7 +52,7 @@ _GREEK_LANGS = frozenset({"el", "grc"})
 _HARD_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s)")
 _GREEK_END = re.compile(r"[.!?…;\u037e·\u0387]+[\"'”’»)\]]*(?=\s)")
 _OPENERS = "\"'“‘«(["
-_TOKEN = re.compile(r"\d+(?:[.,/]\d+)*|[^\W\d_]+(?:[-'’][^\W\d_]+)*")
+TOKEN_PATTERN = re.compile(r"\d+(?:[.,/]\d+)*|[^\W\d_]+(?:[-'’][^\W\d_]+)*")
 _NUMBER = re.compile(r"\d+(?:[.,/]\d+)*")
 
 
@@ -127,7 +127,7 @@ def _stopwords(lang: str) -> frozenset[str]:
     return frozenset(word.casefold() for word in stopwordsiso.stopwords(lang))
 
 
-def _fold(text: str) -> str:
+def fold(text: str) -> str:
     return unicodedata.normalize("NFC", text).casefold()
 
 
@@ -140,7 +140,7 @@ def _token_type(token: str) -> TokenType | None:
 
 
 def _tokens(text: str, start: int, end: int) -> list[re.Match[str]]:
-    return list(_TOKEN.finditer(text, start, end))
+    return list(TOKEN_PATTERN.finditer(text, start, end))
 
 
 def _sentence_ok(span: tuple[int, int], tokens: Sequence[re.Match[str]]) -> bool:
@@ -157,11 +157,11 @@ def _candidates(record: Mapping[str, Any]) -> list[_Candidate]:
         tokens = _tokens(text, *sentence)
         if not _sentence_ok(sentence, tokens):
             continue
-        folded = Counter(_fold(t.group()) for t in tokens)
+        folded = Counter(fold(t.group()) for t in tokens)
         for token in tokens[1:]:
             word = token.group()
             token_type = _token_type(word)
-            if token_type is None or _fold(word) in stop or folded[_fold(word)] > 1 or len(word) > MAX_ANSWER_CHARS:
+            if token_type is None or fold(word) in stop or folded[fold(word)] > 1 or len(word) > MAX_ANSWER_CHARS:
                 continue
             found.append(
                 _Candidate(
@@ -185,21 +185,21 @@ class _Pool:
     surfaces: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     def add(self, word: str) -> None:
-        self.counts[_fold(word)] += 1
-        self.surfaces[_fold(word)][word] += 1
+        self.counts[fold(word)] += 1
+        self.surfaces[fold(word)][word] += 1
 
     def surface(self, folded: str) -> str:
         return min(self.surfaces[folded].items(), key=lambda kv: (-kv[1], kv[0]))[0]
 
 
-def _difficulty_cuts(counts: Iterable[int]) -> tuple[int, int]:
+def difficulty_cuts(counts: Iterable[int]) -> tuple[int, int]:
     ordered = sorted(counts)
     if not ordered:
         return 0, 0
     return ordered[len(ordered) // 3], ordered[(2 * len(ordered)) // 3]
 
 
-def _difficulty(count: int, cuts: tuple[int, int]) -> Difficulty:
+def difficulty_of(count: int, cuts: tuple[int, int]) -> Difficulty:
     low, high = cuts
     if count <= low:
         return "hard"
@@ -220,8 +220,8 @@ def _shares_stem(a: str, b: str) -> bool:
 
 def _distractors(candidate: _Candidate, pool: _Pool, sentence: str, rng: random.Random) -> list[str] | None:
     """N_CHOICES - 1 distractors of the answer's type with similar length and corpus frequency, or None."""
-    answer = _fold(candidate.text)
-    sentence_folded = _fold(sentence)
+    answer = fold(candidate.text)
+    sentence_folded = fold(sentence)
     answer_count = pool.counts[answer]
     eligible = []
     for folded, count in pool.counts.items():
@@ -274,11 +274,11 @@ def generate_items(
     for found in per_row:
         for c in found:
             pools[(c.lang, c.token_type)].add(c.text)
-    frequency = _word_frequency(rows)
+    frequency = word_frequency(rows)
     forms_by_lang: dict[str, set[str]] = defaultdict(set)
     for (lang, _), pool in pools.items():
         forms_by_lang[lang].update(pool.counts)
-    cuts = {lang: _difficulty_cuts(frequency[(lang, f)] for f in forms) for lang, forms in forms_by_lang.items()}
+    cuts = {lang: difficulty_cuts(frequency[(lang, f)] for f in forms) for lang, forms in forms_by_lang.items()}
 
     items: list[EvalItem] = []
     for found in per_row:
@@ -288,7 +288,7 @@ def generate_items(
         for candidate in _pick(found, per_record, rng):
             text = texts[candidate.source_id]
             pool = pools[(candidate.lang, candidate.token_type)]
-            difficulty = _difficulty(frequency[(candidate.lang, _fold(candidate.text))], cuts[candidate.lang])
+            difficulty = difficulty_of(frequency[(candidate.lang, fold(candidate.text))], cuts[candidate.lang])
             for kind in (k for k in KINDS if k in kinds):
                 item = _build(kind, candidate, text, pool, difficulty, seed, rng)
                 if item is not None and not validate_item(item, text):
@@ -296,12 +296,12 @@ def generate_items(
     return items
 
 
-def _word_frequency(rows: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
+def word_frequency(rows: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
     """Case-folded token counts per language over whole records, the corpus prior that difficulty is read from."""
     counts: Counter[tuple[str, str]] = Counter()
     for row in rows:
         lang = row.get("lang") or "und"
-        counts.update((lang, _fold(m.group())) for m in _TOKEN.finditer(str(row["text"])))
+        counts.update((lang, fold(m.group())) for m in TOKEN_PATTERN.finditer(str(row["text"])))
     return counts
 
 
@@ -384,11 +384,11 @@ def _choice_problems(item: EvalItem, sentence: str) -> list[str]:
     problems = []
     if item.choices[item.answer_index] != item.answer:
         problems.append(f"{item.id}: choices[{item.answer_index}] is not the answer")
-    if len({_fold(c) for c in item.choices}) != N_CHOICES:
+    if len({fold(c) for c in item.choices}) != N_CHOICES:
         problems.append(f"{item.id}: choices repeat (case-folded)")
-    folded_sentence = _fold(sentence)
+    folded_sentence = fold(sentence)
     for i, choice in enumerate(item.choices):
-        if i != item.answer_index and _fold(choice) in folded_sentence:
+        if i != item.answer_index and fold(choice) in folded_sentence:
             problems.append(f"{item.id}: distractor {choice!r} occurs in the source sentence, so two choices fit")
     return problems
 
@@ -398,8 +398,8 @@ def decontamination_text(item: EvalItem) -> str:
     return " ".join([item.question.replace(BLANK, item.answer, 1), *item.choices])
 
 
-def _dedupe_key(item: EvalItem) -> tuple[str, str, str]:
-    return item.kind, " ".join(_fold(item.question).split()), _fold(item.answer)
+def dedupe_key_of(item: EvalItem) -> tuple[str, str, str]:
+    return item.kind, " ".join(fold(item.question).split()), fold(item.answer)
 
 
 def dedupe(items: Iterable[EvalItem]) -> list[EvalItem]:
@@ -407,7 +407,7 @@ def dedupe(items: Iterable[EvalItem]) -> list[EvalItem]:
     seen: set[tuple[str, str, str]] = set()
     kept = []
     for item in items:
-        key = _dedupe_key(item)
+        key = dedupe_key_of(item)
         if key not in seen:
             seen.add(key)
             kept.append(item)

@@ -277,6 +277,91 @@ def run_local(
     return EvalReport(metrics=metrics, samples=samples, manifest=manifest)
 
 
+_LOGLIKELIHOOD_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
+
+
+def run_endpoint(
+    task_dir: Path,
+    task_names: Sequence[str],
+    base_url: str,
+    model: str,
+    *,
+    tokenizer_dir: Path | None = None,
+    num_concurrent: int = 1,
+    batch_size: int = 1,
+    limit: int | None = None,
+    seed: int = 0,
+    num_fewshot: int = 0,
+) -> EvalReport:
+    """Evaluates a served model through lm-eval's `local-completions` against an OpenAI-compatible server.
+
+    `base_url` is the server's /v1 (or /v1/completions) URL and `model` the served name (a LoRA module name
+    selects that adapter). Multiple-choice tasks need `tokenizer_dir` (the served model's tokenizer) to
+    count context tokens; without it prompts go as text, which only generate tasks tolerate. The served
+    weights are not visible through the API, so the manifest records the endpoint, not model hashes.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    if not task_names:
+        raise EvalTaskError(f"{task_dir}: no task names given")
+    tasks_manifest = _task_manifest(task_dir, task_names)
+    if tokenizer_dir is None:
+        scored = [name for name, task in tasks_manifest.items() if task["output_type"] in _LOGLIKELIHOOD_TYPES]
+        if scored:
+            raise EvalTaskError(
+                f"{', '.join(scored)}: log-likelihood tasks need tokenizer_dir (the served model's tokenizer folder)"
+            )
+    elif not any((tokenizer_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise EvalTaskError(f"{tokenizer_dir}: no tokenizer.json; pass the served model's tokenizer folder")
+    if missing := [name for name in ("tenacity", "aiohttp", "requests") if _package_version(name) is None]:
+        raise EvalTaskError(f"local-completions needs {', '.join(missing)}: pip install 'lm-eval[api]'")
+    model_args = endpoint_model_args(
+        base_url, model, num_concurrent=num_concurrent, tokenizer=str(tokenizer_dir) if tokenizer_dir else None
+    )
+    os.environ.update(_OFFLINE_ENV)
+    results = simple_evaluate(
+        model="local-completions",
+        model_args=model_args,
+        tasks=list(task_names),
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        limit=limit,
+        bootstrap_iters=0,
+        log_samples=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    if results is None:
+        raise EvalTaskError(f"endpoint {model_args['base_url']}: lm-eval returned no results")
+    metrics, samples = _scores(results, task_names)
+    manifest = {
+        "lm_eval_version": _package_version("lm_eval"),
+        "tasks": tasks_manifest,
+        "num_fewshot": num_fewshot,
+        "fewshot_seed": seed,
+        "seed": seed,
+        "limit": limit,
+        "batch_size": batch_size,
+        "dtype": None,  # the server's choice; not visible through the API
+        "backend": "local-completions",
+        "backend_version": {"lm_eval": _package_version("lm_eval")},
+        "endpoint": {
+            "url": model_args["base_url"],
+            "model": model,
+            "num_concurrent": num_concurrent,
+            "tokenized_requests": model_args["tokenized_requests"],
+        },
+        "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir is not None else None,
+        "model_version": None,
+        "adapter_version": None,
+    }
+    return EvalReport(metrics=metrics, samples=samples, manifest=manifest)
+
+
 def endpoint_model_args(
     base_url: str,
     model: str,

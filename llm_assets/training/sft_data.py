@@ -30,6 +30,7 @@ class SftExample:
     completion: str
     split: str  # train | test
     source_id: str  # the curated record it was built from
+    lang: str = "und"  # the record's language, so eval reports can score per language
 
     def messages(self) -> list[dict[str, str]]:
         return [
@@ -71,6 +72,7 @@ def intent_examples(records: Iterable[Mapping[str, Any]], intents: Sequence[str]
                 completion=f" {category}",
                 split=split,
                 source_id=record["id"],
+                lang=record.get("lang") or "und",
             )
         )
     return examples
@@ -91,6 +93,7 @@ def qa_examples(records: Iterable[Mapping[str, Any]]) -> list[SftExample]:
                 completion=f" {answers[0].strip()}",
                 split="test" if record.get("split") == "test" else "train",
                 source_id=record["id"],
+                lang=record.get("lang") or "und",
             )
         )
     return examples
@@ -121,6 +124,7 @@ def to_jsonl(examples: Iterable[SftExample], form: str) -> bytes:
         else:
             raise ValueError(f"unknown SFT form {form!r}; use 'prompt_completion' or 'messages'")
         row["id"] = example.id
+        row["lang"] = example.lang
         lines.append(json.dumps(row, ensure_ascii=False))
     return ("\n".join(lines) + "\n").encode() if lines else b""
 

@@ -570,7 +570,11 @@ def _train(
     trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for raw dict prints; `log` reports instead
     initial: dict[str, Any] = {}
     curve = curve_rows(test_rows, config.curve_examples, config.seed) if config.mode == "sft" else []
-    for callback in _trainer_callbacks(log, mirror, total_steps, initial, curve, config.probe_max_new_tokens):
+    # A generation longer than the longest reference (plus EOS) cannot match it: no need to decode further.
+    curve_budget = 1 + max(
+        (len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in curve), default=0
+    )
+    for callback in _trainer_callbacks(log, mirror, total_steps, initial, curve, curve_budget):
         trainer.add_callback(callback)
 
     eos_id = int(tokenizer.eos_token_id)
@@ -586,9 +590,7 @@ def _train(
         if curve:
             same = len(curve) == len(test_rows) and accuracy_before is not None
             initial[CURVE_KEY] = (
-                accuracy_before
-                if same
-                else exact_match_accuracy(trainer.model, tokenizer, curve, config.probe_max_new_tokens)
+                accuracy_before if same else exact_match_accuracy(trainer.model, tokenizer, curve, curve_budget)
             )
     initial_eval = initial.get("loss")
     log(

@@ -30,7 +30,11 @@ from llm_assets.defs.training.adaptation import (
 )
 from llm_assets.defs.training.assets import base_model, sft_dataset, tokenizer
 from llm_assets.lake import LocalLakeStorage
+from llm_assets.resources.endpoint import InferenceEndpoint
 from llm_assets.resources.training_compute import TrainingCompute
+
+# The pilot's LLM generator is off by default: nothing contacts this endpoint (port 9 is discard).
+UNUSED_ENDPOINT = InferenceEndpoint(base_url="http://127.0.0.1:9/v1", model="unused")
 
 PER_SOURCE = [raw_corpus, normalized_shards, pii_scrubbed_shards]
 GLOBAL = [
@@ -112,7 +116,7 @@ TINY = {
 
 def test_training_chain_with_lineage_and_gates(curated: LocalLakeStorage, instance, lake) -> None:  # type: ignore[no-untyped-def]
     storage = curated
-    resources = {"lake": lake, "training_compute": TrainingCompute()}
+    resources = {"lake": lake, "training_compute": TrainingCompute(), "inference_endpoint": UNUSED_ENDPOINT}
     built = dg.materialize(
         ALL,
         selection=[tokenizer, base_model, cpt_model],
@@ -169,6 +173,33 @@ def test_training_chain_with_lineage_and_gates(curated: LocalLakeStorage, instan
         lineage = json.loads(storage.read_bytes(f"{pointer['prefix']}/lineage.json"))
         assert lineage["cpt_model"] == current["version"] and lineage["task"] == task
         assert lineage["sft_data_version"] and lineage["base_model"]
+    # Eval reports: the adapter against the model it is on, per language (label accuracy; ROUGE/BLEU/chrF).
+    from llm_assets.defs.evaluation.assets import eval_qa_pilot
+    from llm_assets.defs.evaluation.reports import eval_report
+
+    for task, metric in (("banking77_intents", "exact_match"), ("civics_qa", "rougeL")):
+        reported = dg.materialize(
+            [*ALL, eval_qa_pilot, eval_report],
+            selection=[eval_report],
+            partition_key=task,
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"eval_report": {"config": {"benchmark": False, "max_new_tokens": 12}}}},
+        )
+        assert reported.success, task
+        meta = reported.asset_materializations_for_node("eval_report")[0].metadata
+        assert meta["metric"].value == metric and 0 <= meta["score"].value <= 1
+        assert set(meta["per_language"].value) == {"en"}
+        pointer = json.loads(storage.read_bytes(f"evaluation/reports/{task}/current.json"))
+        report = json.loads(storage.read_bytes(f"{pointer['prefix']}/report.json"))
+        adapter = json.loads(storage.read_bytes(f"models/adapters/{task}/current.json"))
+        assert report["adapter_version"] == adapter["version"] and report["model_version"] == current["version"]
+        assert report["adapted"]["manifest"]["adapter_version"] and report["adapted"]["manifest"]["rows_version"]
+        assert report["adapted"]["n"] == report["without_adapter"]["n"] > 0
+        if metric == "rougeL":
+            assert {"rouge1", "rougeL", "bleu", "chrf"} <= set(report["adapted"]["overall"])
+        assert [e.check_name for e in reported.get_asset_check_evaluations()] == ["adapter_improves_task"]
+
     # Two sweep points, then selection on validation loss (never on the test rows).
     for trial in ("lr5e-3-r8", "lr2e-3-r16"):
         swept = dg.materialize(
@@ -220,7 +251,7 @@ def test_missing_upstream_is_a_clear_failure(curated: LocalLakeStorage, instance
     result = dg.materialize(
         ALL,
         selection=[cpt_model],
-        resources={"lake": lake, "training_compute": TrainingCompute()},
+        resources={"lake": lake, "training_compute": TrainingCompute(), "inference_endpoint": UNUSED_ENDPOINT},
         instance=instance,
         raise_on_error=False,
     )
@@ -272,7 +303,7 @@ def test_cpt_with_lora_stores_a_whole_model(curated: LocalLakeStorage, instance,
     result = dg.materialize(
         ALL,
         selection=[tokenizer, base_model, cpt_model],
-        resources={"lake": lake, "training_compute": TrainingCompute()},
+        resources={"lake": lake, "training_compute": TrainingCompute(), "inference_endpoint": UNUSED_ENDPOINT},
         instance=instance,
         run_config={"ops": ops},
     )
@@ -283,7 +314,7 @@ def test_cpt_with_lora_stores_a_whole_model(curated: LocalLakeStorage, instance,
 
 
 def test_eval_qa_pilot_is_grounded_decontaminated_and_awaits_review(  # type: ignore[no-untyped-def]
-    curated: LocalLakeStorage, instance, lake
+    curated: LocalLakeStorage, instance, lake, tmp_path_factory
 ) -> None:
     from llm_assets.defs.evaluation.assets import eval_qa_pilot
 
@@ -292,7 +323,7 @@ def test_eval_qa_pilot_is_grounded_decontaminated_and_awaits_review(  # type: ig
         everything,
         selection=[sft_dataset],
         partition_key="banking77_intents",
-        resources={"lake": lake, "training_compute": TrainingCompute()},
+        resources={"lake": lake, "training_compute": TrainingCompute(), "inference_endpoint": UNUSED_ENDPOINT},
         instance=instance,
         run_config={"ops": {"sft_dataset": {"config": {"intents": 3, "min_examples": 10}}}},
     )
@@ -300,7 +331,7 @@ def test_eval_qa_pilot_is_grounded_decontaminated_and_awaits_review(  # type: ig
     first = dg.materialize(
         everything,
         selection=[eval_qa_pilot],
-        resources={"lake": lake, "training_compute": TrainingCompute()},
+        resources={"lake": lake, "training_compute": TrainingCompute(), "inference_endpoint": UNUSED_ENDPOINT},
         instance=instance,
         run_config={"ops": {"eval_qa_pilot": {"config": {"pilot_size": 20}}}},
     )
@@ -321,7 +352,7 @@ def test_eval_qa_pilot_is_grounded_decontaminated_and_awaits_review(  # type: ig
     second = dg.materialize(
         everything,
         selection=[eval_qa_pilot],
-        resources={"lake": lake, "training_compute": TrainingCompute()},
+        resources={"lake": lake, "training_compute": TrainingCompute(), "inference_endpoint": UNUSED_ENDPOINT},
         instance=instance,
         run_config={"ops": {"eval_qa_pilot": {"config": {"pilot_size": 20}}}},
     )
@@ -331,7 +362,7 @@ def test_eval_qa_pilot_is_grounded_decontaminated_and_awaits_review(  # type: ig
     # Baseline b of a candidate base size on the pilot's multiple-choice items, with its reproducibility manifest.
     from llm_assets.defs.evaluation.assets import baseline_eval
 
-    resources = {"lake": lake, "training_compute": TrainingCompute()}
+    resources = {"lake": lake, "training_compute": TrainingCompute(), "inference_endpoint": UNUSED_ENDPOINT}
     everything = [*everything, baseline_eval]
     assert dg.materialize(
         everything,
@@ -354,3 +385,82 @@ def test_eval_qa_pilot_is_grounded_decontaminated_and_awaits_review(  # type: ig
     assert 0.0 <= meta["baseline_acc"].value <= 1.0 and meta["items_scored"].value == min(8, choice_items)
     for key in ("lm_eval_version", "tasks", "batch_size", "dtype", "backend", "model_version"):
         assert key in meta["reproducibility"].value
+
+    # The LLM generator through a real OpenAI-compatible server (the CPU reference server on a tiny random model):
+    # every request ends as an item or a reject with its reason, and the manifest names the locked template.
+    import threading
+
+    from llm_assets.serving.reference_server import ReferenceEngine, ReferenceServer
+    from llm_assets.training.base_model import TinyLlamaConfig, bootstrap_tiny_llama, download_prefix
+
+    tokenizer_prefix = json.loads(curated.read_bytes("models/tokenizer/current.json"))["prefix"]
+    work = tmp_path_factory.mktemp("served")
+    bootstrap_tiny_llama(
+        download_prefix(curated, tokenizer_prefix, work / "tokenizer"),
+        TinyLlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, max_position_embeddings=2048),
+        work / "model",
+    )
+    server = ReferenceServer(ReferenceEngine(work / "model", served_model_name="tiny"), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        with_llm = dg.materialize(
+            everything,
+            selection=[eval_qa_pilot],
+            resources={**resources, "inference_endpoint": InferenceEndpoint(base_url=server.url, model="tiny")},
+            instance=instance,
+            run_config={
+                "ops": {"eval_qa_pilot": {"config": {"pilot_size": 20, "llm_records": 3, "llm_max_tokens": 48}}}
+            },
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert with_llm.success
+    pointer = json.loads(curated.read_bytes("evaluation/qa/pilot/current.json"))
+    llm = json.loads(curated.read_bytes(f"{pointer['prefix']}/manifest.json"))["llm"]
+    assert llm["model"] == "tiny" and llm["template"] == "grounded_qa@v1" and len(llm["template_hash"]) == 64
+    rejects = curated.read_bytes(f"{pointer['prefix']}/llm_rejects.jsonl").splitlines()
+    assert llm["requests"] == llm["accepted"] + sum(llm["rejected"].values()) == llm["accepted"] + len(rejects) > 0
+    assert server.response_formats and server.response_formats[-1]["type"] == "json_schema"
+    assert {e.check_name: e.passed for e in with_llm.get_asset_check_evaluations()}["grounded"]
+
+    # Rate of adaptation of that candidate on the intent task, then the selection over what was measured.
+    from llm_assets.defs.evaluation.selection import adaptation_curve, model_selection
+
+    everything = [*everything, adaptation_curve, model_selection]
+    adapted = dg.materialize(
+        everything,
+        selection=[adaptation_curve],
+        partition_key="tiny-h64-l2",
+        resources=resources,
+        instance=instance,
+        run_config={
+            "ops": {
+                "adaptation_curve": {
+                    "config": {"max_steps": 12, "batch_size": 8, "eval_points": 3, "curve_examples": 8}
+                }
+            }
+        },
+    )
+    assert adapted.success
+    curve_meta = adapted.asset_materializations_for_node("adaptation_curve")[0].metadata
+    points = curve_meta["curve"].value
+    assert [p["step"] for p in points] == [0, 4, 8, 12]
+    assert all(p["cost_usd"] >= 0 and p["tokens"] >= 0 for p in points) and points[-1]["tokens"] > 0
+    assert "fit_r2" in curve_meta and "curve_plot" in curve_meta
+    chosen = dg.materialize(
+        everything,
+        selection=[model_selection],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"model_selection": {"config": {"kpi": 0.9, "min_unlabelled_chars": 1000}}}},
+    )
+    assert chosen.success
+    selected = chosen.asset_materializations_for_node("model_selection")[0].metadata
+    assert selected["not_evaluated"].value == ["tiny-h128-l4"]
+    assert "tiny-h64-l2" in selected["selection_table"].value and "curves_plot" in selected
+    assert len(selected["decision_matrix"].value) == 3 and selected["route"].value
+    version = json.loads(curated.read_bytes("evaluation/selection/current.json"))["version"]
+    report = json.loads(curated.read_bytes(f"evaluation/selection/{version[:16]}/selection.json"))
+    assert report["candidates"][0]["benchmark_b"] == meta["baseline_acc"].value
+    assert report["labelled_examples"] > 0 and report["unlabelled_chars"] > 0

@@ -19,6 +19,7 @@ from llm_assets.defs.evaluation.review import eval_qa_validated, review_definiti
 from llm_assets.evaluation.review import Label, ReviewError, ReviewStore, acceptance, latest_labels
 from llm_assets.evaluation.review_server import ReviewServer, make_server
 from llm_assets.lake import LocalLakeStorage
+from llm_assets.resources.endpoint import InferenceEndpoint
 from llm_assets.resources.lake import LocalLakeResource
 
 VERSION = "ab" * 32
@@ -241,7 +242,11 @@ def test_review_status_prints_acceptance(pilot: LocalLakeStorage, monkeypatch: p
 def test_review_labels_sensor_requests_a_run_only_when_labels_change(  # type: ignore[no-untyped-def]
     pilot, lake, instance
 ) -> None:
-    defs = dg.Definitions.merge(dg.Definitions(assets=[eval_qa_pilot], resources={"lake": lake}), review_definitions())
+    endpoint = InferenceEndpoint(base_url="http://127.0.0.1:9/v1", model="unused")
+    defs = dg.Definitions.merge(
+        dg.Definitions(assets=[eval_qa_pilot], resources={"lake": lake, "inference_endpoint": endpoint}),
+        review_definitions(),
+    )
 
     def tick(cursor: str | None) -> dg.SensorResult:
         with dg.build_sensor_context(

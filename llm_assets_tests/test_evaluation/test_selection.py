@@ -123,3 +123,14 @@ def test_projection_invariants(scores: list[float], kpi: float) -> None:
         assert result.observed and result.reaches_kpi
     if result.reaches_kpi and not result.observed:
         assert result.tokens is not None and result.tokens >= curve[-1]["tokens"]
+
+
+def test_coverage_is_poor_unless_the_baseline_is_clearly_above_chance() -> None:
+    def with_benchmark(score: float, items: int | None) -> bool:
+        found = candidate("c", _curve([0.0, 0.1]), kpi=0.5, hourly_cost=1.0, benchmark=score, benchmark_items=items)
+        return found.near_chance(0.05)
+
+    assert with_benchmark(0.305, 105)  # 2 standard errors of a chance score on 105 items is 0.085
+    assert not with_benchmark(0.305, None)  # no item count: only the fixed margin
+    assert not with_benchmark(0.45, 105)
+    assert with_benchmark(0.29, 10_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -112,7 +113,9 @@ def test_lora_sft_learns_and_reports_what_the_checks_need(tiny_model: Path, sft_
     curve = result["adaptation_curve"]
     assert [p["step"] for p in curve] == [0] + [p["step"] for p in result["eval_losses"][1:]]
     assert curve[0]["score"] == result["accuracy_before"] and result["curve_examples"] == 9
-    assert all(b["tokens"] > a["tokens"] and b["train_seconds"] > a["train_seconds"] for a, b in zip(curve, curve[1:]))
+    assert all(
+        b["tokens"] > a["tokens"] and b["train_seconds"] > a["train_seconds"] for a, b in itertools.pairwise(curve)
+    )
     assert curve[-1]["tokens"] <= result["tokens_seen"] and all(0 <= p["score"] <= 1 for p in curve)
     out = tmp_path / "out"
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()

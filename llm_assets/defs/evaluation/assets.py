@@ -6,7 +6,10 @@ check that says "awaiting review" until labels land in the lake, and never passe
 
 import hashlib
 import json
+import random
+from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -21,13 +24,16 @@ from llm_assets.evaluation.decontamination import NgramIndex, decontaminate
 from llm_assets.evaluation.extractive import (
     decontamination_text,
     dedupe,
+    dedupe_key_of,
     generate_items,
     pilot_batch,
     stratum_counts,
     validate_item,
 )
-from llm_assets.lake import LakeError, iter_shards
+from llm_assets.evaluation.llm_generator import LlmGeneratorConfig, generate_llm_items, validate_llm_item
+from llm_assets.lake import LakeError, LakeStorage, iter_shards
 from llm_assets.plots import bar_chart
+from llm_assets.resources.endpoint import EndpointError, EndpointRequestError, InferenceEndpoint
 from llm_assets.resources.lake import LakeResource
 
 EVAL_QA_PREFIX = "evaluation/qa/pilot"
@@ -42,6 +48,19 @@ class EvalQaPilotConfig(dg.Config):
     seed: int = 0
     ngram: int = Field(default=8, ge=3, description="Word n-gram length for decontamination.")
     min_acceptance: float = Field(default=0.9, ge=0, le=1, description="Share of reviewed items judged correct.")
+    llm_records: int = Field(
+        default=0,
+        ge=0,
+        description="Held-out records also sent to the LLM generator through the inference_endpoint resource "
+        "(locked template, JSON validated, grounded in the record); 0: extractive items only.",
+    )
+    llm_template_version: str = Field(default="v1", description="Locked prompt template version (grounded_qa).")
+    llm_temperature: float = Field(default=0.2, ge=0, le=0.7)
+    llm_top_p: float = Field(default=0.9, gt=0, le=0.95)
+    llm_max_tokens: int = Field(default=256, ge=32)
+    llm_min_passage_chars: int = Field(
+        default=40, ge=1, description="Shorter records are not sent (too little text to ground a question in)."
+    )
 
 
 @dg.asset(
@@ -70,7 +89,10 @@ class EvalQaPilotConfig(dg.Config):
     ],
 )
 def eval_qa_pilot(
-    context: dg.AssetExecutionContext, config: EvalQaPilotConfig, lake: LakeResource
+    context: dg.AssetExecutionContext,
+    config: EvalQaPilotConfig,
+    lake: LakeResource,
+    inference_endpoint: InferenceEndpoint,
 ) -> dg.MaterializeResult:
     """The pilot eval set: extractive items from dev/test records, stratified by domain, language, difficulty."""
     storage = lake.storage()
@@ -96,12 +118,57 @@ def eval_qa_pilot(
                 row = json.loads(line)
                 train_docs.append((f"sft/{task}/{row['id']}", f"{row['prompt']}{row['completion']}"))
     items = dedupe(generate_items(held_out, per_record=config.per_record, seed=config.seed))
+    llm_settings, llm_summary, llm_rejects = None, None, []
+    if config.llm_records:
+        llm_settings = LlmGeneratorConfig(
+            template_version=config.llm_template_version,
+            temperature=config.llm_temperature,
+            top_p=config.llm_top_p,
+            max_tokens=config.llm_max_tokens,
+            seed=config.seed,
+            per_record=1,
+            min_passage_chars=config.llm_min_passage_chars,
+        )
+        chosen = random.Random(config.seed).sample(held_out, min(config.llm_records, len(held_out)))
+        context.log.info(
+            f"LLM generator: {len(chosen)} records to {inference_endpoint.base_url} ({inference_endpoint.model})"
+        )
+        try:
+            generated = generate_llm_items(
+                chosen,
+                inference_endpoint,
+                llm_settings,
+                model_name=inference_endpoint.model,
+                existing_keys={dedupe_key_of(item) for item in items},
+                request_errors=(EndpointRequestError,),  # one refused prompt is a reject; an outage fails the run
+            )
+        except EndpointError as exc:
+            raise dg.Failure(f"eval_qa_pilot LLM generator: {exc}") from exc
+        items += generated.accepted
+        llm_rejects = [asdict(r) for r in generated.rejected]
+        llm_summary = {
+            "endpoint": inference_endpoint.base_url,
+            "model": inference_endpoint.model,
+            "template": f"{llm_settings.template_name}@{llm_settings.template_version}",
+            "template_hash": generated.template_hash,
+            "records": len(chosen),
+            "requests": generated.requests,
+            "accepted": len(generated.accepted),
+            "rejected": generated.reason_counts,
+            "temperature": llm_settings.temperature,
+            "top_p": llm_settings.top_p,
+        }
     index = NgramIndex.build(train_docs, n=config.ngram)
     by_id = {item.id: item for item in items}
     clean, contaminated, overlaps = decontaminate(((i.id, decontamination_text(i)) for i in items), index)
     pilot = pilot_batch([by_id[item_id] for item_id, _ in clean], config.pilot_size, seed=config.seed)
     sources_text = {row["id"]: row["text"] for row in held_out}
-    problems = {item.id: validate_item(item, sources_text[item.source_id]) for item in pilot}
+    problems = {
+        item.id: validate_llm_item(item, sources_text[item.source_id], llm_settings)
+        if llm_settings is not None and item.generator.startswith("llm:")
+        else validate_item(item, sources_text[item.source_id])
+        for item in pilot
+    }
     ungrounded = {k: v for k, v in problems.items() if v}
 
     lines = "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in pilot).encode()
@@ -109,6 +176,10 @@ def eval_qa_pilot(
     prefix = f"{EVAL_QA_PREFIX}/{version[:16]}"
     storage.write_bytes(f"{prefix}/items.jsonl", lines)
     removed = [{"item_id": o.item_id, "doc_id": o.doc_id, "ngram": o.ngram, "count": o.count} for o in overlaps]
+    if llm_summary is not None:
+        # Every model output that did not become an item, with its reason (never its text: it may hold PII).
+        rejects = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in llm_rejects).encode()
+        storage.write_bytes(f"{prefix}/llm_rejects.jsonl", rejects)
     storage.write_bytes(f"{prefix}/contamination.json", json.dumps(removed, indent=2, ensure_ascii=False).encode())
     strata = {"/".join(k): v for k, v in sorted(stratum_counts(pilot).items())}
     manifest = {
@@ -117,7 +188,9 @@ def eval_qa_pilot(
         "generated": len(items),
         "removed_as_contaminated": len(contaminated),
         "strata": strata,
-        "generator": "extractive",
+        "generator": "extractive" + (" + llm" if llm_summary else ""),
+        "generators": dict(sorted(Counter(item.generator for item in pilot).items())),
+        "llm": llm_summary,
         "seed": config.seed,
         "ngram": config.ngram,
         "decontaminated_against": {"curated_corpus_train_docs": len(train_docs), "sft_sets": sft_versions},
@@ -201,6 +274,38 @@ CANDIDATES = dg.StaticPartitionsDefinition(["tiny-h64-l2", "tiny-h128-l4"])
 _CANDIDATE_SHAPES = {"tiny-h64-l2": (64, 172, 2), "tiny-h128-l4": (128, 344, 4)}
 
 
+def stage_candidate(storage: LakeStorage, candidate: str, source: str, work: Path) -> tuple[Path, int | None]:
+    """The candidate's model folder under `work` and its parameter count.
+
+    Empty source: a random-init Llama of the candidate's size on the project tokenizer (the embedded
+    default); 'path:/dir' or 'lake:prefix': an open-weight candidate the operator staged.
+    """
+    from llm_assets.training.base_model import (
+        ModelError,
+        TinyLlamaConfig,
+        bootstrap_tiny_llama,
+        download_prefix,
+        validate_model_dir,
+    )
+
+    if not source:
+        tokenizer_pointer = json.loads(storage.read_bytes("models/tokenizer/current.json"))
+        hidden, intermediate, layers = _CANDIDATE_SHAPES[candidate]
+        card = bootstrap_tiny_llama(
+            download_prefix(storage, tokenizer_pointer["prefix"], work / "tokenizer"),
+            TinyLlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers),
+            work / "model",
+        )
+        return work / "model", card.parameters
+    if source.startswith("path:"):
+        model_dir = Path(source.removeprefix("path:"))
+    elif source.startswith("lake:"):
+        model_dir = download_prefix(storage, source.removeprefix("lake:"), work / "model")
+    else:
+        raise ModelError(f"source {source!r}: use '', 'path:/dir' or 'lake:prefix'")
+    return model_dir, validate_model_dir(model_dir).parameters
+
+
 class BaselineEvalConfig(dg.Config):
     """The locked eval suite on one candidate base model, before any adaptation (the seeds' baseline b)."""
 
@@ -225,10 +330,9 @@ def baseline_eval(
 ) -> dg.MaterializeResult:
     """Baseline b of one candidate on the eval set's multiple-choice items, via lm-evaluation-harness offline."""
     import tempfile
-    from pathlib import Path
 
     from llm_assets.evaluation.lm_eval_tasks import EvalTaskError, export_task, run_local
-    from llm_assets.training.base_model import ModelError, TinyLlamaConfig, bootstrap_tiny_llama, download_prefix
+    from llm_assets.training.base_model import ModelError
 
     storage = lake.storage()
     candidate = context.partition_key
@@ -245,22 +349,7 @@ def baseline_eval(
     with tempfile.TemporaryDirectory(prefix="baseline-") as tmp:
         work = Path(tmp)
         try:
-            if not config.source:
-                tokenizer_pointer = json.loads(storage.read_bytes("models/tokenizer/current.json"))
-                hidden, intermediate, layers = _CANDIDATE_SHAPES[candidate]
-                card = bootstrap_tiny_llama(
-                    download_prefix(storage, tokenizer_pointer["prefix"], work / "tokenizer"),
-                    TinyLlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers),
-                    work / "model",
-                )
-                model_dir, parameters = work / "model", card.parameters
-            elif config.source.startswith("path:"):
-                model_dir, parameters = Path(config.source.removeprefix("path:")), None
-            elif config.source.startswith("lake:"):
-                model_dir = download_prefix(storage, config.source.removeprefix("lake:"), work / "model")
-                parameters = None
-            else:
-                raise dg.Failure(f"source {config.source!r}: use '', 'path:/dir' or 'lake:prefix'")
+            model_dir, parameters = stage_candidate(storage, candidate, config.source, work)
             export_task(choice_items, work / "tasks", "eval_qa_mc", "multiple_choice")
             report = run_local(
                 work / "tasks", ["eval_qa_mc"], model_dir, batch_size=config.batch_size, limit=config.limit or None

@@ -24,6 +24,7 @@ from llm_assets.defs.audit_trail import record_check, record_materialization
 from llm_assets.defs.curation.assets import code_version_of, curated_corpus
 from llm_assets.defs.ingestion.partitions import sources_partitions
 from llm_assets.defs.training.assets import BASE_MODEL_PREFIX, SFT_PREFIX, SFT_TASKS, base_model, sft_dataset
+from llm_assets.evaluation.selection import fit_rate
 from llm_assets.lake import LakeError, LakeStorage, LocalLakeStorage, iter_shards
 from llm_assets.plots import line_chart
 from llm_assets.resources.lake import LakeResource
@@ -101,6 +102,26 @@ def loss_plot(result: Mapping[str, Any], title: str) -> str:
         xlabel="optimizer step",
         ylabel="loss",
     )
+
+
+def curve_metadata(result: Mapping[str, Any], title: str) -> dict[str, Any]:
+    """The run's adaptation curve (held-out score at every evaluation) and its slope ra, where it has one."""
+    points = result.get("adaptation_curve") or []
+    if len(points) < 2:
+        return {}
+    fit = fit_rate(points)
+    return {
+        "ra_per_million_tokens": dg.MetadataValue.float(fit.ra_per_million_tokens),
+        "ra_fit": dg.MetadataValue.json({**fit.__dict__, "ra_per_hour": fit.ra_per_hour}),
+        "adaptation_curve": dg.MetadataValue.md(
+            line_chart(
+                {"held-out score": [(p["tokens"] / 1e6, p["score"]) for p in points]},
+                title=title,
+                xlabel="training tokens (millions)",
+                ylabel="exact match",
+            )
+        ),
+    }
 
 
 def run_metadata(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -341,7 +362,7 @@ class LoraAdapterConfig(dg.Config):
     )
     padding_free: bool = False
     seed: int = 0
-    eval_points: int = Field(default=4, ge=2)
+    eval_points: int = Field(default=8, ge=2, description="Evaluations (validation loss, adaptation curve point).")
     checkpoint_points: int = Field(default=4, ge=1)
     validation_share: float = Field(default=0.1, gt=0, lt=0.5, description="Train rows held out for validation.")
     probe_generations: int = Field(default=8, ge=1)
@@ -509,6 +530,7 @@ def lora_adapter(
                 [{"text": p["text"], "stopped": p["stopped"]} for p in result["probes"][:4]]
             ),
             "loss_curve": dg.MetadataValue.md(loss_plot(result, f"LoRA SFT loss ({task})")),
+            **curve_metadata(result, f"Held-out score while training ({task})"),
         },
     )
 

@@ -234,7 +234,7 @@ def _curated_records(storage: LakeStorage, source: str) -> list[dict[str, object
     return [
         row
         for shard in iter_shards(storage, pipeline.input_manifest(storage, pipeline.CURATED, source))
-        for row in shard.select(["id", "text", "metadata", "split"]).to_pylist()
+        for row in shard.select(["id", "text", "metadata", "split", "lang"]).to_pylist()
     ]
 
 
@@ -242,7 +242,7 @@ def _curated_records(storage: LakeStorage, source: str) -> list[dict[str, object
     deps=[curated_corpus],
     partitions_def=SFT_TASKS,
     group_name="training",
-    code_version="sft_dataset-v1",
+    code_version="sft_dataset-v2",
     kinds={"parquet", "json"},
     check_specs=[
         dg.AssetCheckSpec("enough_examples", asset="sft_dataset", blocking=True),
