@@ -378,5 +378,131 @@ def review_status(min_acceptance: float) -> None:
     click.echo(f"  all four  {result.all_criteria_rate:6.1%}  ({result.all_criteria}/{result.labels})")
 
 
+@main.group()
+def registry() -> None:
+    """The model registry: approve, deploy, roll back and retire model versions, and see what served when.
+
+    Every act is appended to registry/<model>/events.jsonl in the lake and to the audit trail.
+    """
+
+
+def _model_registry() -> Any:
+    from llm_assets.registry import ModelRegistry
+
+    return ModelRegistry(_lake_storage())
+
+
+def _acted(entry: Any, what: str) -> None:
+    click.echo(f"{entry.model} {entry.version}: {what}; status {entry.status}")
+
+
+@registry.command("list")
+@one_line_errors
+def registry_list() -> None:
+    """One line per model: how many versions, and which version serves where."""
+    store = _model_registry()
+    models = store.models()
+    if not models:
+        click.echo("no models registered")
+        return
+    click.echo(f"{'model':<24} {'versions':>8}  serving")
+    for model in models:
+        serving = store.deployed(model)
+        where = f"{serving.version} at {serving.deployment['endpoint']}" if serving and serving.deployment else "-"
+        click.echo(f"{model:<24} {len(store.entries(model)):>8}  {where}")
+
+
+@registry.command("show")
+@click.argument("model")
+@click.argument("version", required=False)
+@one_line_errors
+def registry_show(model: str, version: str | None) -> None:
+    """The versions of MODEL, or one VERSION in full (metrics, gates, lineage, approval) as JSON."""
+    store = _model_registry()
+    if version is not None:
+        click.echo(json.dumps(store.entry(model, version).to_dict(), indent=2, ensure_ascii=False, sort_keys=True))
+        return
+    entries = store.entries(model)
+    if not entries:
+        raise UserError(f"model {model} is not registered; see `llm-assets registry list`")
+    width = max(len("version"), *(len(entry.version) for entry in entries))
+    click.echo(f"{'version':<{width}} {'status':<10} {'registered':<28} {'approved by':<16} failed blocking gates")
+    for entry in entries:
+        approver = entry.approval["by"] if entry.approval else "-"
+        failed = ", ".join(entry.failed_blocking_gates) or "-"
+        click.echo(f"{entry.version:<{width}} {entry.status:<10} {entry.registered_at:<28} {approver:<16} {failed}")
+
+
+@registry.command("approve")
+@click.argument("model")
+@click.argument("version")
+@click.option("--by", required=True, help="Who approves (recorded).")
+@click.option("--reason", required=True, help="Why (recorded).")
+@one_line_errors
+def registry_approve(model: str, version: str, by: str, reason: str) -> None:
+    """Approve VERSION of MODEL; refused unless every blocking gate passed."""
+    _acted(_model_registry().approve(model, version, by=by, reason=reason), f"approved by {by}")
+
+
+@registry.command("deploy")
+@click.argument("model")
+@click.argument("version")
+@click.option("--by", required=True, help="Who deploys (recorded).")
+@click.option("--endpoint", required=True, help="Where it serves, e.g. the endpoint URL.")
+@click.option("--reason", default="", help="Why (recorded).")
+@one_line_errors
+def registry_deploy(model: str, version: str, by: str, endpoint: str, reason: str) -> None:
+    """Serve an approved VERSION of MODEL at --endpoint; the version serving before is replaced."""
+    _acted(_model_registry().deploy(model, version, by=by, endpoint=endpoint, reason=reason), f"serving at {endpoint}")
+
+
+@registry.command("rollback")
+@click.argument("model")
+@click.option("--by", required=True, help="Who rolls back (recorded).")
+@click.option("--reason", required=True, help="Why (recorded).")
+@one_line_errors
+def registry_rollback(model: str, by: str, reason: str) -> None:
+    """Serve again the version of MODEL that served before the current one."""
+    entry = _model_registry().rollback(model, by=by, reason=reason)
+    _acted(entry, f"rolled back to, serving again at {entry.deployment['endpoint'] if entry.deployment else '-'}")
+
+
+@registry.command("retire")
+@click.argument("model")
+@click.argument("version")
+@click.option("--by", required=True, help="Who retires it (recorded).")
+@click.option("--reason", required=True, help="Why (recorded).")
+@one_line_errors
+def registry_retire(model: str, version: str, by: str, reason: str) -> None:
+    """Retire VERSION of MODEL for good; if it serves, it stops serving."""
+    _acted(_model_registry().retire(model, version, by=by, reason=reason), f"retired by {by}")
+
+
+@registry.command("history")
+@click.argument("model")
+@one_line_errors
+def registry_history(model: str) -> None:
+    """Which version of MODEL served when, approved by whom; then every registry event."""
+    store = _model_registry()
+    events = store.history(model)
+    if not events:
+        raise UserError(f"model {model} is not registered; see `llm-assets registry list`")
+    width = max(len("version"), *(len(event["version"]) for event in events))
+    click.echo("Serving periods:")
+    click.echo(f"  {'version':<{width}} {'from':<28} {'to':<28} {'via':<9} {'approved by':<16} endpoint")
+    for period in store.serving_periods(model):
+        click.echo(
+            f"  {period['version']:<{width}} {period['from']:<28} {period['to'] or 'now':<28} {period['action']:<9} "
+            f"{period['approved_by'] or '-':<16} {period['endpoint']}"
+        )
+    click.echo("Events:")
+    click.echo(f"  {'seq':>4} {'at':<28} {'event':<9} {'version':<{width}} {'by':<16} reason")
+    for event in events:
+        click.echo(
+            f"  {event['seq']:>4} {event['ts']:<28} {event['event']:<9} {event['version']:<{width}} "
+            f"{event['actor']:<16} {event['reason'] or '-'}"
+        )
+
+
 if __name__ == "__main__":
     main()

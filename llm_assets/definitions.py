@@ -13,6 +13,7 @@ import dagster as dg
 from llm_assets.defs.curation.definitions import curation_definitions
 from llm_assets.defs.evaluation.definitions import evaluation_definitions
 from llm_assets.defs.ingestion.definitions import ingestion_definitions
+from llm_assets.defs.registry.assets import registry_definitions
 from llm_assets.defs.training.definitions import training_definitions
 from llm_assets.resources.endpoint import InferenceEndpoint
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
@@ -106,7 +107,11 @@ def inference_endpoint_from_env() -> InferenceEndpoint:
 
 def build_definitions() -> dg.Definitions:
     stages = dg.Definitions.merge(
-        ingestion_definitions(), curation_definitions(), training_definitions(), evaluation_definitions()
+        ingestion_definitions(),
+        curation_definitions(),
+        training_definitions(),
+        evaluation_definitions(),
+        registry_definitions(),
     )
     return dg.Definitions.merge(
         stages,

@@ -79,10 +79,12 @@ model_selection_job = dg.define_asset_job(
     description="Pick the smallest candidate that reaches the KPI within budget; recommend a route.",
 )
 
-# Per task, once the eval set exists: the adapter's eval report (task metrics per language, benchmark).
+# Per task, once the eval set exists: the adapter's eval report with its gates, then (gates passed) its
+# registration as a candidate in the model registry.
 TASK_EVAL_JOB = "task_evaluation"
 task_evaluation_job = dg.define_asset_job(
     TASK_EVAL_JOB,
-    selection=dg.AssetSelection.assets("eval_report"),
-    description="Evaluate each task's adapter on its test split (per language) and on the eval Q&A set.",
+    selection=dg.AssetSelection.assets("eval_report", "registered_model"),
+    description="Evaluate each task's adapter against the base and the deployed model, gate it, and register it "
+    "as a candidate.",
 )

@@ -22,6 +22,8 @@ from llm_assets.lake import LocalLakeStorage
 from llm_assets.resources.endpoint import InferenceEndpoint
 from llm_assets.resources.lake import LocalLakeResource
 
+UNUSED_ENDPOINT = InferenceEndpoint(base_url="http://127.0.0.1:9/v1", model="unused")  # the LLM generator is off
+
 VERSION = "ab" * 32
 PREFIX = f"evaluation/qa/pilot/{VERSION[:16]}"
 LABELS = f"evaluation/qa/reviews/{VERSION[:16]}"
@@ -82,7 +84,7 @@ def materialize(instance: dg.DagsterInstance, lake: LocalLakeResource, **config:
     return dg.materialize(
         [eval_qa_pilot, eval_qa_validated],
         selection=[eval_qa_validated],
-        resources={"lake": lake},
+        resources={"lake": lake, "inference_endpoint": UNUSED_ENDPOINT},
         instance=instance,
         run_config={"ops": {"eval_qa_validated": {"config": config}}} if config else None,
         raise_on_error=False,
@@ -242,9 +244,8 @@ def test_review_status_prints_acceptance(pilot: LocalLakeStorage, monkeypatch: p
 def test_review_labels_sensor_requests_a_run_only_when_labels_change(  # type: ignore[no-untyped-def]
     pilot, lake, instance
 ) -> None:
-    endpoint = InferenceEndpoint(base_url="http://127.0.0.1:9/v1", model="unused")
     defs = dg.Definitions.merge(
-        dg.Definitions(assets=[eval_qa_pilot], resources={"lake": lake, "inference_endpoint": endpoint}),
+        dg.Definitions(assets=[eval_qa_pilot], resources={"lake": lake, "inference_endpoint": UNUSED_ENDPOINT}),
         review_definitions(),
     )
 

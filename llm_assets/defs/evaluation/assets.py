@@ -8,7 +8,7 @@ import hashlib
 import json
 import random
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from llm_assets.defs.ingestion.partitions import sources_partitions
 from llm_assets.defs.training.assets import SFT_PREFIX, SFT_TASKS, sft_dataset
 from llm_assets.evaluation.decontamination import NgramIndex, decontaminate
 from llm_assets.evaluation.extractive import (
+    EvalItem,
     decontamination_text,
     dedupe,
     dedupe_key_of,
@@ -38,6 +39,144 @@ from llm_assets.resources.lake import LakeResource
 
 EVAL_QA_PREFIX = "evaluation/qa/pilot"
 REVIEW_PREFIX = "evaluation/qa/reviews"
+
+
+def generator_settings(config: "EvalQaPilotConfig") -> dict[str, Any]:
+    """The generator settings the pilot records and the scale-up reuses unchanged (the locked recipe)."""
+    return {
+        "seed": config.seed,
+        "per_record": config.per_record,
+        "ngram": config.ngram,
+        "llm": {
+            "template_version": config.llm_template_version,
+            "temperature": config.llm_temperature,
+            "top_p": config.llm_top_p,
+            "max_tokens": config.llm_max_tokens,
+            "min_passage_chars": config.llm_min_passage_chars,
+        },
+    }
+
+
+@dataclass
+class GeneratedItems:
+    """Decontaminated candidate items over the held-out curated records, with what was removed and why."""
+
+    items: list[EvalItem]
+    held_out: list[dict[str, Any]]
+    train_docs: list[tuple[str, str]]
+    sft_versions: dict[str, str]
+    curated_versions: dict[str, str]
+    index: NgramIndex
+    contaminated: list[str]
+    overlaps: list[Any]
+    llm_settings: LlmGeneratorConfig | None
+    llm_summary: dict[str, Any] | None
+    llm_rejects: list[dict[str, Any]]
+
+
+def generate_candidates(
+    context: dg.AssetExecutionContext,
+    storage: LakeStorage,
+    settings: dict[str, Any],
+    endpoint: InferenceEndpoint,
+    llm_records: int,
+) -> GeneratedItems:
+    """Extractive items (and LLM items when `llm_records`) from dev/test records, minus any that share an n-gram
+    with the curated train split or an SFT set."""
+    sources = sorted(context.instance.get_dynamic_partitions(sources_partitions.name or "sources"))
+    held_out: list[dict[str, Any]] = []
+    train_docs: list[tuple[str, str]] = []
+    for source in sources:
+        for shard in iter_shards(storage, pipeline.input_manifest(storage, pipeline.CURATED, source)):
+            for row in shard.select(["id", "text", "lang", "split", "domain"]).to_pylist():
+                if row["split"] == "train":
+                    train_docs.append((row["id"], row["text"]))
+                else:
+                    held_out.append({**row, "lang": row["lang"] or "und", "domain": row["domain"] or "general"})
+    sft_versions = {}
+    for task in SFT_TASKS.get_partition_keys():
+        try:
+            prefix = json.loads(storage.read_bytes(f"{SFT_PREFIX}/{task}/current.json"))["prefix"]
+        except LakeError:
+            continue  # that task's set was never built: nothing of it can leak
+        sft_versions[task] = prefix
+        for line in storage.read_bytes(f"{prefix}/train.prompt_completion.jsonl").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                train_docs.append((f"sft/{task}/{row['id']}", f"{row['prompt']}{row['completion']}"))
+    seed = settings["seed"]
+    items = dedupe(generate_items(held_out, per_record=settings["per_record"], seed=seed))
+    llm_settings, llm_summary, llm_rejects = None, None, []
+    if llm_records:
+        llm = settings["llm"]
+        llm_settings = LlmGeneratorConfig(
+            template_version=llm["template_version"],
+            temperature=llm["temperature"],
+            top_p=llm["top_p"],
+            max_tokens=llm["max_tokens"],
+            seed=seed,
+            per_record=1,
+            min_passage_chars=llm["min_passage_chars"],
+        )
+        chosen = random.Random(seed).sample(held_out, min(llm_records, len(held_out)))
+        context.log.info(f"LLM generator: {len(chosen)} records to {endpoint.base_url} ({endpoint.model})")
+        try:
+            generated = generate_llm_items(
+                chosen,
+                endpoint,
+                llm_settings,
+                model_name=endpoint.model,
+                existing_keys={dedupe_key_of(item) for item in items},
+                request_errors=(EndpointRequestError,),  # one refused prompt is a reject; an outage fails the run
+            )
+        except EndpointError as exc:
+            raise dg.Failure(f"{context.asset_key.to_user_string()} LLM generator: {exc}") from exc
+        items += generated.accepted
+        llm_rejects = [asdict(r) for r in generated.rejected]
+        llm_summary = {
+            "endpoint": endpoint.base_url,
+            "model": endpoint.model,
+            "template": f"{llm_settings.template_name}@{llm_settings.template_version}",
+            "template_hash": generated.template_hash,
+            "records": len(chosen),
+            "requests": generated.requests,
+            "accepted": len(generated.accepted),
+            "rejected": generated.reason_counts,
+            "temperature": llm_settings.temperature,
+            "top_p": llm_settings.top_p,
+        }
+    index = NgramIndex.build(train_docs, n=settings["ngram"])
+    by_id = {item.id: item for item in items}
+    clean, contaminated, overlaps = decontaminate(((i.id, decontamination_text(i)) for i in items), index)
+    return GeneratedItems(
+        items=[by_id[item_id] for item_id, _ in clean],
+        held_out=held_out,
+        train_docs=train_docs,
+        sft_versions=sft_versions,
+        curated_versions={
+            f"curated_corpus/{s}": pipeline.input_manifest(storage, pipeline.CURATED, s).data_version for s in sources
+        },
+        index=index,
+        contaminated=list(contaminated),
+        overlaps=list(overlaps),
+        llm_settings=llm_settings,
+        llm_summary=llm_summary,
+        llm_rejects=llm_rejects,
+    )
+
+
+def grounding_problems(
+    items: list[EvalItem], held_out: list[dict[str, Any]], llm_settings: LlmGeneratorConfig | None
+) -> dict[str, list[str]]:
+    """Items whose answer is not the exact span of their cited source record, with what is wrong."""
+    sources_text = {row["id"]: row["text"] for row in held_out}
+    problems = {
+        item.id: validate_llm_item(item, sources_text[item.source_id], llm_settings)
+        if llm_settings is not None and item.generator.startswith("llm:")
+        else validate_item(item, sources_text[item.source_id])
+        for item in items
+    }
+    return {k: v for k, v in problems.items() if v}
 
 
 class EvalQaPilotConfig(dg.Config):
@@ -96,80 +235,14 @@ def eval_qa_pilot(
 ) -> dg.MaterializeResult:
     """The pilot eval set: extractive items from dev/test records, stratified by domain, language, difficulty."""
     storage = lake.storage()
-    sources = sorted(context.instance.get_dynamic_partitions(sources_partitions.name or "sources"))
-    held_out: list[dict[str, Any]] = []
-    train_docs: list[tuple[str, str]] = []
-    for source in sources:
-        for shard in iter_shards(storage, pipeline.input_manifest(storage, pipeline.CURATED, source)):
-            for row in shard.select(["id", "text", "lang", "split", "domain"]).to_pylist():
-                if row["split"] == "train":
-                    train_docs.append((row["id"], row["text"]))
-                else:
-                    held_out.append({**row, "lang": row["lang"] or "und", "domain": row["domain"] or "general"})
-    sft_versions = {}
-    for task in SFT_TASKS.get_partition_keys():
-        try:
-            prefix = json.loads(storage.read_bytes(f"{SFT_PREFIX}/{task}/current.json"))["prefix"]
-        except LakeError:
-            continue  # that task's set was never built: nothing of it can leak
-        sft_versions[task] = prefix
-        for line in storage.read_bytes(f"{prefix}/train.prompt_completion.jsonl").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                train_docs.append((f"sft/{task}/{row['id']}", f"{row['prompt']}{row['completion']}"))
-    items = dedupe(generate_items(held_out, per_record=config.per_record, seed=config.seed))
-    llm_settings, llm_summary, llm_rejects = None, None, []
-    if config.llm_records:
-        llm_settings = LlmGeneratorConfig(
-            template_version=config.llm_template_version,
-            temperature=config.llm_temperature,
-            top_p=config.llm_top_p,
-            max_tokens=config.llm_max_tokens,
-            seed=config.seed,
-            per_record=1,
-            min_passage_chars=config.llm_min_passage_chars,
-        )
-        chosen = random.Random(config.seed).sample(held_out, min(config.llm_records, len(held_out)))
-        context.log.info(
-            f"LLM generator: {len(chosen)} records to {inference_endpoint.base_url} ({inference_endpoint.model})"
-        )
-        try:
-            generated = generate_llm_items(
-                chosen,
-                inference_endpoint,
-                llm_settings,
-                model_name=inference_endpoint.model,
-                existing_keys={dedupe_key_of(item) for item in items},
-                request_errors=(EndpointRequestError,),  # one refused prompt is a reject; an outage fails the run
-            )
-        except EndpointError as exc:
-            raise dg.Failure(f"eval_qa_pilot LLM generator: {exc}") from exc
-        items += generated.accepted
-        llm_rejects = [asdict(r) for r in generated.rejected]
-        llm_summary = {
-            "endpoint": inference_endpoint.base_url,
-            "model": inference_endpoint.model,
-            "template": f"{llm_settings.template_name}@{llm_settings.template_version}",
-            "template_hash": generated.template_hash,
-            "records": len(chosen),
-            "requests": generated.requests,
-            "accepted": len(generated.accepted),
-            "rejected": generated.reason_counts,
-            "temperature": llm_settings.temperature,
-            "top_p": llm_settings.top_p,
-        }
-    index = NgramIndex.build(train_docs, n=config.ngram)
-    by_id = {item.id: item for item in items}
-    clean, contaminated, overlaps = decontaminate(((i.id, decontamination_text(i)) for i in items), index)
-    pilot = pilot_batch([by_id[item_id] for item_id, _ in clean], config.pilot_size, seed=config.seed)
-    sources_text = {row["id"]: row["text"] for row in held_out}
-    problems = {
-        item.id: validate_llm_item(item, sources_text[item.source_id], llm_settings)
-        if llm_settings is not None and item.generator.startswith("llm:")
-        else validate_item(item, sources_text[item.source_id])
-        for item in pilot
-    }
-    ungrounded = {k: v for k, v in problems.items() if v}
+    settings = generator_settings(config)
+    generated = generate_candidates(context, storage, settings, inference_endpoint, config.llm_records)
+    items, held_out, index = generated.items, generated.held_out, generated.index
+    contaminated, overlaps, sft_versions = generated.contaminated, generated.overlaps, generated.sft_versions
+    train_docs, llm_summary, llm_rejects = generated.train_docs, generated.llm_summary, generated.llm_rejects
+    llm_settings = generated.llm_settings
+    pilot = pilot_batch(items, config.pilot_size, seed=config.seed)
+    ungrounded = grounding_problems(pilot, held_out, llm_settings)
 
     lines = "".join(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in pilot).encode()
     version = hashlib.sha256(lines).hexdigest()
@@ -189,6 +262,7 @@ def eval_qa_pilot(
         "removed_as_contaminated": len(contaminated),
         "strata": strata,
         "generator": "extractive" + (" + llm" if llm_summary else ""),
+        "generator_settings": settings,
         "generators": dict(sorted(Counter(item.generator for item in pilot).items())),
         "llm": llm_summary,
         "seed": config.seed,
@@ -243,8 +317,7 @@ def eval_qa_pilot(
         context,
         storage,
         code_version=code_version_of(context),
-        input_data_versions={f"sft_dataset/{k}": v for k, v in sft_versions.items()}
-        | {f"curated_corpus/{s}": pipeline.input_manifest(storage, pipeline.CURATED, s).data_version for s in sources},
+        input_data_versions={f"sft_dataset/{k}": v for k, v in sft_versions.items()} | generated.curated_versions,
         output_data_version=version,
         counts={"items": len(pilot), "removed_as_contaminated": len(contaminated)},
         config=config.model_dump(),

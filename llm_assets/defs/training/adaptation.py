@@ -24,6 +24,7 @@ from llm_assets.defs.audit_trail import record_check, record_materialization
 from llm_assets.defs.curation.assets import code_version_of, curated_corpus
 from llm_assets.defs.ingestion.partitions import sources_partitions
 from llm_assets.defs.training.assets import BASE_MODEL_PREFIX, SFT_PREFIX, SFT_TASKS, base_model, sft_dataset
+from llm_assets.evaluation.probes import canary_training_rows, make_canaries
 from llm_assets.evaluation.selection import fit_rate
 from llm_assets.lake import LakeError, LakeStorage, LocalLakeStorage, iter_shards
 from llm_assets.plots import line_chart
@@ -371,6 +372,14 @@ class LoraAdapterConfig(dg.Config):
         default=0.20, ge=0, le=1, description="Intent task: held-out accuracy gain over the model the adapter is on."
     )
     merge: bool = Field(default=False, description="Also store the adapter merged into its base model.")
+    canaries: int = Field(
+        default=6,
+        ge=0,
+        description="Synthetic PII canaries (checksum-valid card, IBAN, e-mail, phone, AFM, AMKA) planted in the "
+        "training rows, so the eval report's leak probe tests memorisation of data the model really saw; 0: none.",
+    )
+    canary_repeats: int = Field(default=1, ge=1, description="Times each canary row appears in the training rows.")
+    canary_seed: int = 0
 
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -457,9 +466,14 @@ def lora_adapter(
         if line.strip()
     ]
     train, validation = split_validation(rows, config.validation_share, config.seed)
+    planted = {}
+    if config.canaries:
+        canaries = make_canaries(config.canary_seed, config.canaries)
+        train = train + canary_training_rows(canaries, config.canary_repeats)
+        planted = {"seed": config.canary_seed, "n": config.canaries, "repeats": config.canary_repeats}
     training = task_training_config(task, config)
     input_versions = {"cpt_model": cpt["version"], f"sft_dataset/{task}": sft_manifest["version"]}
-    run_key = _run_key("sft", task, input_versions, training.model_dump())
+    run_key = _run_key("sft", task, input_versions, training.model_dump(), planted)
     with tempfile.TemporaryDirectory(prefix="sft-") as tmp:
         work = Path(tmp)
         download_prefix(storage, cpt["prefix"], work / "model")
@@ -492,6 +506,7 @@ def lora_adapter(
         "sft_source_data_versions": sft_manifest["source_data_versions"],
         "training_config": training.model_dump(),
         "examples": {"train": len(train), "validation": len(validation), "test": len(test)},
+        "canaries": planted or None,
     }
     storage.write_bytes(f"{prefix}/lineage.json", json.dumps(lineage, indent=2).encode())
     storage.write_bytes(
