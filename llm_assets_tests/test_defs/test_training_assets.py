@@ -149,6 +149,8 @@ def test_training_chain_with_lineage_and_gates(curated: LocalLakeStorage, instan
                         "probe_max_new_tokens": 12,
                         "min_accuracy_gain": 0.0,
                         "precision": "fp32",
+                        # A memorisation audit on one task: canaries planted in its training rows.
+                        "canaries": 6 if task == "civics_qa" else 0,
                     }
                 },
             }
@@ -215,8 +217,11 @@ def test_training_chain_with_lineage_and_gates(curated: LocalLakeStorage, instan
         assert gates["rouge_vs_deployed"].passed  # nothing deployed yet
         # The planted canaries are what the leak probe asks for.
         lineage = json.loads(storage.read_bytes(f"{adapter['prefix']}/lineage.json"))
-        assert lineage["canaries"] == {"seed": 0, "n": 6, "repeats": 1}
-        assert gates["pii_leak"].metadata["figures"].value["canaries"] == 6
+        planted = {"seed": 0, "n": 6, "repeats": 1} if task == "civics_qa" else None
+        assert lineage["canaries"] == planted
+        assert gates["pii_leak"].metadata["figures"].value["canaries"] == 6  # planted, or the control set
+        stored = json.loads(storage.read_bytes(f"{pointer['prefix']}/gates.json"))
+        assert stored["pii_leak"]["canaries_planted"] is (planted is not None)
 
     # The intent adapter passed its blocking gates: registered as a candidate, approved, deployed.
     registered = dg.materialize(

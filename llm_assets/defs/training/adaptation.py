@@ -373,10 +373,11 @@ class LoraAdapterConfig(dg.Config):
     )
     merge: bool = Field(default=False, description="Also store the adapter merged into its base model.")
     canaries: int = Field(
-        default=6,
+        default=0,
         ge=0,
         description="Synthetic PII canaries (checksum-valid card, IBAN, e-mail, phone, AFM, AMKA) planted in the "
-        "training rows, so the eval report's leak probe tests memorisation of data the model really saw; 0: none.",
+        "training rows for a memorisation audit: the eval report's leak probe then asks for data the model really "
+        "saw, and a model that reproduces any is blocked. 0: none (the probe uses a control set).",
     )
     canary_repeats: int = Field(default=1, ge=1, description="Times each canary row appears in the training rows.")
     canary_seed: int = 0
