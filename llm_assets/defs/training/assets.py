@@ -147,8 +147,8 @@ class BaseModelConfig(dg.Config):
     hidden_size: int = Field(default=64, ge=16)
     intermediate_size: int = Field(default=172, ge=16)
     num_hidden_layers: int = Field(default=2, ge=1)
-    num_attention_heads: int = Field(default=4, ge=1)
-    num_key_value_heads: int = Field(default=2, ge=1)
+    num_attention_heads: int = Field(default=2, ge=1)
+    num_key_value_heads: int = Field(default=1, ge=1)
     seed: int = 0
 
 
