@@ -32,7 +32,7 @@ REGISTRY_PREFIX = "registry/"
 EVENTS_FILE = "events.jsonl"
 
 CANDIDATE, APPROVED, DEPLOYED, RETIRED = "candidate", "approved", "deployed", "retired"
-EVENT_TYPES = ("register", "approve", "deploy", "rollback", "retire")
+EVENT_TYPES = ("register", "approve", "deploy", "rollback", "retire", "health")
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _APPEND_ATTEMPTS = 5
@@ -65,6 +65,7 @@ class RegistryEntry:
     approval: dict[str, str] | None = None
     deployment: dict[str, str] | None = None
     retirement: dict[str, str] | None = None
+    health: dict[str, Any] | None = None  # the latest production health check of its deployment
 
     @property
     def failed_blocking_gates(self) -> list[str]:
@@ -144,6 +145,7 @@ def _fold(events: list[dict[str, Any]]) -> _State:
                 approval=old.approval if old else None,
                 deployment=old.deployment if old else None,
                 retirement=old.retirement if old else None,
+                health=old.health if old else None,
             )
             continue
         if old is None:
@@ -156,7 +158,7 @@ def _fold(events: list[dict[str, Any]]) -> _State:
         elif kind in ("deploy", "rollback"):
             _end_serving(state, ts)
             deployment = {**record, "endpoint": event["endpoint"], "action": kind}
-            state.entries[version] = _replace(old, status=DEPLOYED, deployment=deployment)
+            state.entries[version] = _replace(old, status=DEPLOYED, deployment=deployment, health=None)
             state.serving = version
             approval = old.approval or {}
             state.periods.append(
@@ -173,6 +175,11 @@ def _fold(events: list[dict[str, Any]]) -> _State:
                     "approval_reason": approval.get("reason"),
                 }
             )
+        elif kind == "health":
+            health = {"passed": event["passed"], "at": ts, "by": event["actor"], "evidence": event["evidence"]}
+            state.entries[version] = _replace(old, health=health)
+            if state.periods and state.periods[-1]["version"] == version and state.periods[-1]["to"] is None:
+                state.periods[-1]["health"] = health
         elif kind == "retire":
             if state.serving == version:
                 _end_serving(state, ts)
@@ -371,6 +378,26 @@ class ModelRegistry:
 
         event = self._act(model, "", "rollback", actor, why, validate)
         return self.entry(model, event["version"])
+
+    def record_health(
+        self, model: str, version: str, *, by: str, passed: bool, evidence: Mapping[str, Any]
+    ) -> RegistryEntry:
+        """Record the production health check (load test vs SLO) of the serving version; status is unchanged."""
+        version = self.resolve_version(model, version)
+        actor = _require(by, "by")
+        try:
+            _canonical(dict(evidence))
+        except (TypeError, ValueError) as exc:
+            raise RegistryError(f"model {model} version {version}: health evidence must be JSON ({exc})") from None
+
+        def validate(state: _State) -> dict[str, Any]:
+            entry = self._known(state, model, version)
+            if entry.status != DEPLOYED:
+                raise RegistryError(f"model {model} version {version} is {entry.status}; health applies to deployed")
+            return {"passed": bool(passed), "evidence": dict(evidence)}
+
+        self._act(model, version, "health", actor, "", validate)
+        return self.entry(model, version)
 
     def retire(self, model: str, version: str, *, by: str, reason: str) -> RegistryEntry:
         """Retire a version for good; if it is serving, it stops serving and nothing replaces it."""

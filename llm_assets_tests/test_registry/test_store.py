@@ -190,3 +190,22 @@ def test_an_act_is_revalidated_when_another_writer_got_in_first(storage: LocalLa
     deploys = [e for e in other.history(MODEL) if e["event"] == "deploy"]
     assert [(e["version"], e["replaces"]) for e in deploys] == [("v1", None), ("v2", "v1")]
     assert len(AuditLog(storage).records()) == len(other.history(MODEL))
+
+
+def test_health_of_the_serving_version_is_recorded_and_reset_by_a_new_deployment(registry: ModelRegistry) -> None:
+    register(registry, "v1")
+    register(registry, "v2")
+    with pytest.raises(RegistryError, match="health applies to deployed"):
+        registry.record_health(MODEL, "v1", by="loadtest", passed=True, evidence={})
+    registry.approve(MODEL, "v1", by="ana", reason="ok")
+    registry.deploy(MODEL, "v1", by="ops", endpoint="http://127.0.0.1:8000/v1")
+    entry = registry.record_health(MODEL, "v1", by="loadtest", passed=False, evidence={"p99_e2e_s": 6.2})
+    assert entry.status == "deployed"  # the verdict is evidence; status changes only by a person's act
+    assert entry.health is not None and entry.health["passed"] is False
+    assert entry.health["evidence"] == {"p99_e2e_s": 6.2}
+    assert registry.serving_periods(MODEL)[-1]["health"]["passed"] is False
+    registry.approve(MODEL, "v2", by="ana", reason="ok")
+    registry.deploy(MODEL, "v2", by="ops", endpoint="http://127.0.0.1:8000/v1")
+    assert registry.entry(MODEL, "v2").health is None  # a new deployment starts without a verdict
+    with pytest.raises(RegistryError, match="must be JSON"):
+        registry.record_health(MODEL, "v2", by="loadtest", passed=True, evidence={"x": object()})
