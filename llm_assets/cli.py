@@ -119,6 +119,12 @@ def demo() -> None:
     click.echo(f"Staged {len(names)} sample sources into {storage.uri('landing/')}: {', '.join(names)}")
     runs = _run_pipeline(names)
     _print_runs(runs)
+    serving_run = None
+    if all(run.success for run in runs):
+        serving_run = _demo_serve(storage)
+        if serving_run is not None:
+            runs.append(serving_run)
+            _print_runs([serving_run])
     verification = AuditLog(storage).verify()
     click.echo("")
     click.echo(f"Audit trail: {verification.records} records, {'intact' if verification.ok else 'BROKEN'}")
@@ -126,8 +132,54 @@ def demo() -> None:
     click.echo(f"Instance:    {os.environ.get('DAGSTER_HOME')}")
     click.echo(f"Finished in {time.monotonic() - started:.1f} s.")
     click.echo("Open the Dagster UI with `make ui` (or `.venv/bin/llm-assets ui`) at http://127.0.0.1:3000")
-    if not all(run.success for run in runs) or not verification.ok:
+    if serving_run is not None and serving_run.success:
+        from llm_assets.serving.supervisor import API_KEY_ENV, read_state
+
+        state = read_state("llm-assets") or {}
+        click.echo(
+            f"Serving:     {state.get('url')} (models {', '.join(state.get('models', []))}; key in "
+            f"${API_KEY_ENV} or {_demo_key_file()}); stop with `llm-assets serve stop`"
+        )
+    if not all(run.success for run in runs) or not verification.ok or serving_run is None:
         raise SystemExit(1)
+
+
+def _demo_key_file() -> Path:
+    return project_home() / ".serving" / "api-key"
+
+
+def _ensure_api_key() -> None:
+    """The demo's endpoint key: $LLM_ASSETS_SERVE_API_KEY, or one generated once and kept in a 0600 file."""
+    import secrets
+
+    from llm_assets.serving.supervisor import API_KEY_ENV
+
+    if os.environ.get(API_KEY_ENV):
+        return
+    path = _demo_key_file()
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    os.environ[API_KEY_ENV] = path.read_text().strip()
+
+
+def _demo_serve(storage: Any) -> Any:
+    import dagster as dg
+
+    from llm_assets.definitions import defs
+    from llm_assets.defs.launch import approve_and_serve
+    from llm_assets.defs.training.assets import SFT_TASKS
+    from llm_assets.instance import ensure_dagster_home
+
+    _ensure_api_key()
+    port = int(os.environ.get("LLM_ASSETS_SERVE_PORT", "8000"))
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        # The KPI task: the demo serves the intent adapter (the civics adapter stays a registered candidate).
+        tasks = [t for t in SFT_TASKS.get_partition_keys() if t == "banking77_intents"]
+        return approve_and_serve(defs, instance, storage, tasks, port=port, log=click.echo)
 
 
 @main.command()
@@ -409,6 +461,8 @@ def registry_list() -> None:
     for model in models:
         serving = store.deployed(model)
         where = f"{serving.version} at {serving.deployment['endpoint']}" if serving and serving.deployment else "-"
+        if serving is not None and serving.health is not None:
+            where += f" (health {'passed' if serving.health['passed'] else 'FAILED'} {serving.health['at']})"
         click.echo(f"{model:<24} {len(store.entries(model)):>8}  {where}")
 
 
@@ -506,3 +560,161 @@ def registry_history(model: str) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group()
+def serve() -> None:
+    """Serve approved models on vLLM behind the gateway (API key, 1 % PII-redacted sample), and manage it."""
+
+
+@serve.command("start")
+@click.option(
+    "--model", "models", multiple=True, help="Registry model (task) to serve; repeat. Default: banking77_intents."
+)
+@click.option("--port", default=8000, show_default=True, help="Gateway port on 127.0.0.1.")
+@click.option(
+    "--merge",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Serve one adapter merged into its base (auto), always, or never (multi-LoRA).",
+)
+@click.option("--name", default="llm-assets", show_default=True, help="Endpoint name.")
+@one_line_errors
+def serve_start(models: tuple[str, ...], port: int, merge: str, name: str) -> None:
+    """Start the approved versions of MODELs on 127.0.0.1 (a `deployed_endpoint` run), wait for health, print the URL.
+
+    Clients send `Authorization: Bearer $LLM_ASSETS_SERVE_API_KEY` (set it first; comma-separate keys to rotate).
+    """
+    import dagster as dg
+
+    from llm_assets.definitions import defs
+    from llm_assets.defs.launch import execute
+    from llm_assets.instance import ensure_dagster_home
+    from llm_assets.serving.supervisor import API_KEY_ENV, public_keys, read_state
+
+    if not public_keys():
+        raise UserError(f"set {API_KEY_ENV} to the key clients must send, then run this again")
+    ensure_dagster_home()
+    config = {"models": list(models) or ["banking77_intents"], "port": port, "merge": merge, "name": name}
+    click.echo(f"starting vLLM for {', '.join(config['models'])} (model load takes a few minutes) ...")
+    with dg.DagsterInstance.get() as instance:
+        run = execute(defs, instance, "serving_deploy", None, ops_config={"deployed_endpoint": config})
+    if not run.success:
+        raise UserError(run.error or "the deployed_endpoint run failed; see the Dagster UI")
+    state = read_state(name) or {}
+    click.echo(f"serving {', '.join(state.get('models', []))} at {state.get('url')}")
+
+
+@serve.command("stop")
+@click.option("--name", default="llm-assets", show_default=True, help="Endpoint name.")
+@one_line_errors
+def serve_stop(name: str) -> None:
+    """Stop a local endpoint (gateway and vLLM replicas)."""
+    from llm_assets.serving.supervisor import stop_endpoint
+
+    click.echo(f"stopped endpoint '{name}'" if stop_endpoint(name) else f"endpoint '{name}' was not running")
+
+
+@serve.command("status")
+@click.option("--name", default="llm-assets", show_default=True, help="Endpoint name.")
+@one_line_errors
+def serve_status(name: str) -> None:
+    """The local endpoint's state: URL, models, replicas (pid, port, restarts) and health."""
+    from llm_assets.serving.supervisor import read_state
+    from llm_assets.serving.vllm_server import pid_alive
+
+    state = read_state(name)
+    if state is None:
+        raise UserError(f"no endpoint '{name}' was started here; start one with `llm-assets serve start`")
+    alive = bool(state.get("supervisor_pid")) and pid_alive(int(state["supervisor_pid"]))
+    status = state.get("status") if alive or state.get("status") == "stopped" else "dead (supervisor not running)"
+    click.echo(f"{name}: {status}  {state.get('url')}  models: {', '.join(state.get('models', []))}")
+    for replica in state.get("replicas", []):
+        click.echo(
+            f"  replica pid {replica['pid']} {replica['url']} serves {replica['served_model_name']}"
+            f"{' + ' + ', '.join(replica['lora_modules']) if replica['lora_modules'] else ''}; "
+            f"restarts {replica['restarts']}"
+        )
+
+
+@main.command()
+@click.option(
+    "--url",
+    required=True,
+    help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (loopback, or a host listed with --allow-host).",
+)
+@click.option("--model", "models", multiple=True, required=True, help="Served model name; repeat for each adapter.")
+@click.option("--profile", type=click.Choice(["constant", "step", "spike"]), default="constant", show_default=True)
+@click.option("--requests", "requests_", default=64, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--max-tokens", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--max-duration", default=300.0, show_default=True, help="Hard bound on the whole test (seconds).")
+@click.option("--level-duration", type=float, help="Soak: keep each load level for this many seconds.")
+@click.option("--p99", "p99_s", default=5.0, show_default=True, help="SLO: p99 end-to-end latency (seconds).")
+@click.option("--max-error-rate", default=0.01, show_default=True, help="SLO: largest error rate.")
+@click.option(
+    "--api-key-env",
+    default="LLM_ASSETS_SERVE_API_KEY",
+    show_default=True,
+    help="NAME of the environment variable holding the key.",
+)
+@click.option("--allow-host", "allowed", multiple=True, help="A non-loopback host that may be load-tested.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@one_line_errors
+def loadtest(
+    url: str,
+    models: tuple[str, ...],
+    profile: str,
+    requests_: int,
+    concurrency: int,
+    max_tokens: int,
+    max_duration: float,
+    level_duration: float | None,
+    p99_s: float,
+    max_error_rate: float,
+    api_key_env: str,
+    allowed: tuple[str, ...],
+    out: Path | None,
+) -> None:
+    """Load-test an endpoint: TTFT, ITL, latency p50/p90/p99, throughput, errors and goodput per model vs the SLO.
+
+    Exits 1 when the SLO is not met (the production health check), 2 on a usage error.
+    """
+    from llm_assets.serving.loadtest import LoadTestError, Slo, run_loadtest
+
+    slo = Slo(p99_latency_s=p99_s, max_error_rate=max_error_rate)
+    try:
+        report = run_loadtest(
+            url,
+            list(models),
+            profile=profile,
+            requests=requests_,
+            concurrency=concurrency,
+            max_tokens=max_tokens,
+            api_key=os.environ.get(api_key_env) or None,
+            slo=slo,
+            max_duration_s=max_duration,
+            level_duration_s=level_duration,
+            allowed_hosts=allowed,
+            log=click.echo,
+        )
+    except LoadTestError as exc:
+        raise UserError(str(exc)) from exc
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, sort_keys=True))
+    for model, f in report["per_model"].items():
+        p = f["e2e_s"]
+        click.echo(
+            f"{model}: {f['requests']} requests, e2e p50/p90/p99 {_s(p['p50'])}/{_s(p['p90'])}/{_s(p['p99'])} s, "
+            f"{f['output_tokens_per_s']:.1f} tok/s, errors {f['error_rate']:.1%}, goodput {f['goodput_rps']:.2f} req/s"
+        )
+    health = report["health"]
+    click.echo("health: " + ("passed" if health["passed"] else "FAILED: " + "; ".join(health["reasons"])))
+    if not health["passed"]:
+        raise SystemExit(1)
+
+
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.3f}"

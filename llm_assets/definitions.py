@@ -14,6 +14,7 @@ from llm_assets.defs.curation.definitions import curation_definitions
 from llm_assets.defs.evaluation.definitions import evaluation_definitions
 from llm_assets.defs.ingestion.definitions import ingestion_definitions
 from llm_assets.defs.registry.assets import registry_definitions
+from llm_assets.defs.serving.assets import serving_definitions
 from llm_assets.defs.training.definitions import training_definitions
 from llm_assets.resources.endpoint import InferenceEndpoint
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
@@ -112,6 +113,7 @@ def build_definitions() -> dg.Definitions:
         training_definitions(),
         evaluation_definitions(),
         registry_definitions(),
+        serving_definitions(),
     )
     return dg.Definitions.merge(
         stages,

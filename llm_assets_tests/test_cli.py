@@ -85,17 +85,36 @@ def test_ingest_bad_descriptor_is_one_line_error(cli_env: Path, tmp_path: Path) 
     assert "licence" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.timeout(2400)
 def test_demo_end_to_end(tmp_path: Path) -> None:
-    """The README's first command after installation: a fresh home, the real instance, the sample corpus."""
-    env = {k: v for k, v in os.environ.items() if k not in {"DAGSTER_HOME", "LLM_ASSETS_LAKE"}}
+    """The README's first command after installation: a fresh home, the real instance, the sample corpus, and
+    at the end the approved adapter served by vLLM on CPU with a load-test report and the health check passed."""
+    from llm_assets.serving.vllm_server import free_port
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DAGSTER_HOME", "LLM_ASSETS_LAKE", "LLM_ASSETS_SERVE_API_KEY", "LLM_ASSETS_VLLM_PYTHON"}
+    }
     env["LLM_ASSETS_HOME"] = str(tmp_path / "home")
+    env["LLM_ASSETS_SERVE_PORT"] = str(free_port())
+    env["LLM_ASSETS_VLLM_PYTHON"] = str(Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python")
     cli = Path(sys.executable).with_name("llm-assets")
-    run = subprocess.run([str(cli), "demo"], env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "Materialized:" in run.stdout and "Audit trail:" in run.stdout and "intact" in run.stdout
-    assert "FAILED" not in run.stdout
+    try:
+        run = subprocess.run([str(cli), "demo"], env=env, capture_output=True, text=True, timeout=2300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        _assert_demo_outputs(run.stdout, tmp_path, env, cli)
+    finally:
+        subprocess.run([str(cli), "serve", "stop"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _assert_demo_outputs(stdout: str, tmp_path: Path, env: dict[str, str], cli: Path) -> None:
+    import httpx
+
+    assert "Materialized:" in stdout and "Audit trail:" in stdout and "intact" in stdout
+    assert "FAILED" not in stdout
     # The tiny model really learns the held-out intents (README: the demo quality bar).
-    adapter_line = next(line for line in run.stdout.splitlines() if "lora_adapter" in line and "accuracy" in line)
+    adapter_line = next(line for line in stdout.splitlines() if "lora_adapter" in line and "accuracy" in line)
     before, after = (float(x.rstrip("%")) for x in adapter_line.split("accuracy ")[1].split(" -> "))
     assert after - before >= 20.0 and after >= 25.0, adapter_line
     # The evaluation framework's outputs: eval reports, adaptation curves per candidate and a selection.
@@ -104,10 +123,24 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         ("adaptation_curve", "per 1M tokens"),
         ("model_selection", "chosen: "),
     ):
-        assert any(asset in line and figure in line for line in run.stdout.splitlines()), asset
+        assert any(asset in line and figure in line for line in stdout.splitlines()), asset
     assert (tmp_path / "home" / ".dagster_home" / "dagster.yaml").is_file()
     verify = subprocess.run([str(cli), "audit", "verify"], env=env, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
+    # Serving: the endpoint is up behind its key, the load test passed the SLO, the registry says what serves.
+    lines = stdout.splitlines()
+    assert any("deployed_endpoint" in line and "serving at http://127.0.0.1:" in line for line in lines), stdout
+    assert any("loadtest_report" in line and "p99 latency" in line for line in lines), stdout
+    url = f"http://127.0.0.1:{env['LLM_ASSETS_SERVE_PORT']}/v1"
+    key = (tmp_path / "home" / ".serving" / "api-key").read_text().strip()
+    body = {"model": "banking77_intents", "prompt": "I lost my card", "max_tokens": 4}
+    assert httpx.post(f"{url}/completions", json=body, timeout=60).status_code == 401
+    answer = httpx.post(f"{url}/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] >= 1
+    report = subprocess.run([str(cli), "registry", "list"], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert "banking77_intents" in report and url in report, report
+    reports = list((tmp_path / "home" / ".lake" / "serving" / "loadtests" / "llm-assets").glob("*.json"))
+    assert any(json.loads(p.read_text()).get("health", {}).get("passed") for p in reports if p.name != "current.json")
 
 
 def test_train_help_lists_the_asset_configs() -> None:

@@ -94,6 +94,13 @@ def _headline(metadata: Mapping[str, Any]) -> str:
     if ra is not None:
         start, best = metadata["b_on_task"].value, metadata["best_score"].value
         return f"held-out score {start:.1%} -> best {best:.1%}, ra {ra.value:.3g} per 1M tokens"
+    url = metadata.get("url")
+    if url is not None:
+        return f"serving at {url.value}"
+    p99 = metadata.get("p99_e2e_s")
+    if p99 is not None and p99.value is not None:
+        tps = metadata["output_tokens_per_s"].value
+        return f"p99 latency {p99.value:.2f} s, {tps:.0f} output tokens/s, errors {metadata['error_rate'].value:.1%}"
     chosen = metadata.get("chosen")
     if chosen is not None:
         return f"chosen: {chosen.value}; route: {metadata['route'].value}"
@@ -179,6 +186,53 @@ def run_corpus_pipeline(
                     log(f"{SELECTION_JOB} ...")
                     runs.append(execute(defs, instance, SELECTION_JOB, None))
     return runs
+
+
+DEMO_APPROVER = "llm-assets demo"
+
+
+def approve_and_serve(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    storage: LakeStorage,
+    models: Sequence[str],
+    *,
+    port: int,
+    log: Callable[[str], Any] = print,
+) -> PartitionRun | None:
+    """The demo's last step: approve each task's newest candidate (recorded as the demo's act), then serve
+    them on vLLM behind the gateway and load-test the endpoint (`serving` job). None when nothing passed."""
+    from llm_assets.defs.serving.assets import SERVING_JOB
+    from llm_assets.registry import ModelRegistry, RegistryError
+
+    registry = ModelRegistry(storage)
+    servable = []
+    for model in models:
+        entries = registry.entries(model)
+        if not entries:
+            log(f"{model}: not registered; nothing to serve")
+            continue
+        newest = entries[-1]
+        if newest.status == "candidate":
+            try:
+                registry.approve(
+                    model, newest.version, by=DEMO_APPROVER, reason="demo on the bundled sample corpus; gates passed"
+                )
+                log(f"{model} {newest.version[:16]}: approved by '{DEMO_APPROVER}'")
+            except RegistryError as exc:
+                log(f"{model}: not approved: {exc}")
+                continue
+        servable.append(model)
+    if not servable:
+        return None
+    log(f"{SERVING_JOB}: vLLM on CPU for {', '.join(servable)} (model load takes a few minutes) ...")
+    return execute(
+        defs,
+        instance,
+        SERVING_JOB,
+        None,
+        ops_config={"deployed_endpoint": {"models": servable, "port": port}},
+    )
 
 
 def _has_sft_sources(partitions: Sequence[str]) -> bool:
