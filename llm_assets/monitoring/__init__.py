@@ -1,0 +1,1 @@
+"""Production monitoring: sampled traffic, its retention, and (later) drift and feedback."""
