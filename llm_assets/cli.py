@@ -125,6 +125,10 @@ def demo() -> None:
         if serving_run is not None:
             runs.append(serving_run)
             _print_runs([serving_run])
+        if serving_run is not None and serving_run.success:
+            sampling_run = _demo_samples(storage)
+            runs.append(sampling_run)
+            _print_runs([sampling_run])
     verification = AuditLog(storage).verify()
     click.echo("")
     click.echo(f"Audit trail: {verification.records} records, {'intact' if verification.ok else 'BROKEN'}")
@@ -179,7 +183,18 @@ def _demo_serve(storage: Any) -> Any:
     with dg.DagsterInstance.get() as instance:
         # The KPI task: the demo serves the intent adapter (the civics adapter stays a registered candidate).
         tasks = [t for t in SFT_TASKS.get_partition_keys() if t == "banking77_intents"]
-        return approve_and_serve(defs, instance, storage, tasks, port=port, log=click.echo)
+        # 10 % sampling (production default 1 %) so the demo's short load test leaves a sample to monitor.
+        return approve_and_serve(defs, instance, storage, tasks, port=port, sample_rate=0.1, log=click.echo)
+
+
+def _demo_samples(storage: Any) -> Any:
+    import dagster as dg
+
+    from llm_assets.definitions import defs
+    from llm_assets.defs.launch import collect_production_samples
+
+    with dg.DagsterInstance.get() as instance:
+        return collect_production_samples(defs, instance, storage, log=click.echo)
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,10 @@ def _assert_demo_outputs(stdout: str, tmp_path: Path, env: dict[str, str], cli: 
     lines = stdout.splitlines()
     assert any("deployed_endpoint" in line and "serving at http://127.0.0.1:" in line for line in lines), stdout
     assert any("loadtest_report" in line and "p99 latency" in line for line in lines), stdout
+    # Monitoring: the load test's own traffic was sampled, re-scrubbed and committed as today's partition.
+    kept = r"(\d+) of (\d+) sampled requests kept"
+    sampled = [re.search(kept, line) for line in lines if "production_samples" in line]
+    assert any(m and int(m.group(1)) >= 1 for m in sampled), stdout
     url = f"http://127.0.0.1:{env['LLM_ASSETS_SERVE_PORT']}/v1"
     key = (tmp_path / "home" / ".serving" / "api-key").read_text().strip()
     body = {"model": "banking77_intents", "prompt": "I lost my card", "max_tokens": 4}

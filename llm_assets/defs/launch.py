@@ -101,6 +101,12 @@ def _headline(metadata: Mapping[str, Any]) -> str:
     if p99 is not None and p99.value is not None:
         tps = metadata["output_tokens_per_s"].value
         return f"p99 latency {p99.value:.2f} s, {tps:.0f} output tokens/s, errors {metadata['error_rate'].value:.1%}"
+    lines = metadata.get("lines")
+    if lines is not None and "residual_pii_by_kind" in metadata:
+        return (
+            f"{metadata['kept'].value} of {lines.value} sampled requests kept (PII re-scrubbed), "
+            f"{metadata['rejected'].value} rejected"
+        )
     chosen = metadata.get("chosen")
     if chosen is not None:
         return f"chosen: {chosen.value}; route: {metadata['route'].value}"
@@ -198,6 +204,7 @@ def approve_and_serve(
     models: Sequence[str],
     *,
     port: int,
+    sample_rate: float = 0.01,
     log: Callable[[str], Any] = print,
 ) -> PartitionRun | None:
     """The demo's last step: approve each task's newest candidate (recorded as the demo's act), then serve
@@ -231,8 +238,31 @@ def approve_and_serve(
         instance,
         SERVING_JOB,
         None,
-        ops_config={"deployed_endpoint": {"models": servable, "port": port}},
+        ops_config={"deployed_endpoint": {"models": servable, "port": port, "sample_rate": sample_rate}},
     )
+
+
+def collect_production_samples(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    storage: LakeStorage,
+    *,
+    wait_s: float = 60.0,
+    log: Callable[[str], Any] = print,
+) -> PartitionRun:
+    """Today's `production_samples` partition, once the gateway's periodic flush has written the sample."""
+    import time
+    from datetime import UTC, datetime
+
+    from llm_assets.defs.monitoring.assets import MONITORING_SAMPLES_JOB
+    from llm_assets.monitoring.samples import raw_sample_keys
+
+    day = datetime.now(UTC).date()
+    deadline = time.monotonic() + wait_s
+    while not raw_sample_keys(storage, day) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    log(f"{MONITORING_SAMPLES_JOB}: committing the sampled traffic of {day} ...")
+    return execute(defs, instance, MONITORING_SAMPLES_JOB, day.isoformat())
 
 
 def _has_sft_sources(partitions: Sequence[str]) -> bool:

@@ -136,6 +136,12 @@ class SampleRecorder:
         if full:
             self.flush()
 
+    def flush_if_due(self) -> str | None:
+        """Flush when the oldest buffered record has waited `flush_interval_s` (quiet traffic still lands)."""
+        with self._lock:
+            due = self._oldest is not None and time.monotonic() - self._oldest >= self.flush_interval_s
+        return self.flush() if due else None
+
     def flush(self) -> str | None:
         """Writes the buffer as one new object (atomic); returns its key."""
         with self._lock:
@@ -147,11 +153,22 @@ class SampleRecorder:
         for row in rows:
             by_model.setdefault(row["model"], []).append(row)
         key = None
-        for model, model_rows in by_model.items():
-            day = model_rows[0]["ts"][:10]
-            key = f"{SAMPLES_PREFIX}/{model}/{day}/{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.jsonl"
-            body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in model_rows)
-            self.storage.write_bytes(key, body.encode("utf-8"))
+        written = 0
+        try:
+            for model, model_rows in by_model.items():
+                day = model_rows[0]["ts"][:10]
+                key = f"{SAMPLES_PREFIX}/{model}/{day}/{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.jsonl"
+                body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in model_rows)
+                self.storage.write_bytes(key, body.encode("utf-8"))
+                written += len(model_rows)
+        except Exception:
+            # Rows not yet written go back to the buffer for the next flush (each object is atomic).
+            unwritten = [row for model_rows in by_model.values() for row in model_rows][written:]
+            with self._lock:
+                self._buffer[:0] = unwritten
+                if self._oldest is None:
+                    self._oldest = time.monotonic()
+            raise
         return key
 
 
@@ -206,6 +223,7 @@ class Gateway:
     counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "unauthorised": 0, "upstream_errors": 0})
     _cycles: dict[str, Any] = field(default_factory=dict)
     _session: aiohttp.ClientSession | None = None
+    _flusher: asyncio.Task[None] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
@@ -215,10 +233,26 @@ class Gateway:
             app.router.add_post(route, self.proxy)
         app.router.add_post("/admin/adapters", self.admin_load)
         app.router.add_delete("/admin/adapters/{name}", self.admin_unload)
+        app.on_startup.append(self._start_flusher)
         app.on_cleanup.append(self._close)
         return app
 
+    async def _start_flusher(self, _app: web.Application) -> None:
+        if self.recorder is not None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
+
+    async def _flush_periodically(self) -> None:
+        assert self.recorder is not None
+        while True:
+            await asyncio.sleep(min(1.0, self.recorder.flush_interval_s))
+            try:
+                await asyncio.to_thread(self.recorder.flush_if_due)
+            except Exception:  # a lake hiccup must not stop serving; the rows stay for the next try
+                _log.exception("sample flush failed; the rows stay buffered for the next try")
+
     async def _close(self, _app: web.Application) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
         if self._session is not None:
             await self._session.close()
         if self.recorder is not None:

@@ -239,3 +239,23 @@ def test_replicas_call_reports_each_replica(replicas: list[tuple[AppThread, dict
 def test_a_gateway_needs_a_key() -> None:
     with pytest.raises(ValueError, match="LLM_ASSETS_SERVE_API_KEY"):
         GatewaySettings(api_keys=[""], routes={})
+
+
+def test_recorder_flushes_when_due_and_keeps_rows_when_the_lake_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = LocalLakeStorage(tmp_path / "lake")
+    recorder = SampleRecorder(storage, rate=1.0, flush_every=100, flush_interval_s=3600, seed=0)
+    recorder.record("banking77_intents", "/v1/completions", {"prompt": "hello"}, "hi")
+    assert recorder.flush_if_due() is None and not storage.list_objects("serving/samples/")  # not due yet
+    recorder.flush_interval_s = 0
+
+    def unavailable(key: str, data: bytes) -> None:
+        raise OSError("lake unavailable")
+
+    monkeypatch.setattr(storage, "write_bytes", unavailable)
+    with pytest.raises(OSError, match="unavailable"):
+        recorder.flush_if_due()
+    monkeypatch.undo()
+    key = recorder.flush_if_due()  # the row was kept for this try
+    assert key is not None and b'"prompt": "hello"' in storage.read_bytes(key)

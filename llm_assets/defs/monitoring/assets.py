@@ -92,6 +92,7 @@ def production_samples(
         )
     metadata: dict[str, dg.RawMetadataValue] = {
         "dataset": dg.MetadataValue.path(storage.uri(f"datasets/{PRODUCTION_SAMPLES_DATASET}/{day.isoformat()}")),
+        "dagster/row_count": stats["kept"],
         "lines": samples.lines,
         "kept": stats["kept"],
         "rejected": stats["rejected"],
@@ -144,5 +145,17 @@ sample_retention_schedule = dg.ScheduleDefinition(
 )
 
 
+MONITORING_SAMPLES_JOB = "production_sampling"
+production_sampling_job = dg.define_asset_job(
+    MONITORING_SAMPLES_JOB,
+    selection=dg.AssetSelection.assets(production_samples),
+    description="Commit one day of sampled production traffic (PII re-scrubbed, rejects kept).",
+)
+
+
 def monitoring_definitions() -> dg.Definitions:
-    return dg.Definitions(assets=[production_samples], jobs=[sample_retention], schedules=[sample_retention_schedule])
+    return dg.Definitions(
+        assets=[production_samples],
+        jobs=[sample_retention, production_sampling_job],
+        schedules=[sample_retention_schedule],
+    )
