@@ -328,9 +328,9 @@ class StreamError(ValueError):
     """A 2xx response whose body is not a well-formed completion stream."""
 
 
-def _chunk_text(chunk: Any) -> tuple[str, int | None]:
-    """(text of choices[0], usage.completion_tokens) of one streamed chunk; raises StreamError on a chunk that is
-    not a completion chunk, e.g. an error object sent mid-stream."""
+def _chunk_text(chunk: Any) -> tuple[str | None, int | None]:
+    """(text of choices[0] or None when the chunk has no choice, usage.completion_tokens) of one streamed chunk;
+    raises StreamError on a chunk that is not a completion chunk, e.g. an error object sent mid-stream."""
     if not isinstance(chunk, dict):
         raise StreamError(f"unexpected chunk {str(chunk)[:ERROR_BODY_CHARS]}")
     if "error" in chunk:
@@ -341,7 +341,11 @@ def _chunk_text(chunk: Any) -> tuple[str, int | None]:
     text = choices[0].get("text") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
     usage = chunk.get("usage")
     tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return (text if isinstance(text, str) else ""), (tokens if isinstance(tokens, int) else None)
+    if not (isinstance(choices, list) and choices):
+        text = None
+    elif not isinstance(text, str):
+        text = ""
+    return text, (tokens if isinstance(tokens, int) else None)
 
 
 async def _send(
@@ -379,7 +383,9 @@ async def _send(
                 raise StreamError(f"chunk is not JSON ({exc.msg}): {data[:ERROR_BODY_CHARS]}") from exc
             text, tokens = _chunk_text(chunk)
             usage_tokens = tokens if tokens is not None else usage_tokens
-            if text:
+            # A chunk with a choice is one generation step, even when its text is still empty (a token that
+            # completes a character later): TTFT and ITL time steps, as vLLM's own benchmark does.
+            if text is not None:
                 now = time.perf_counter()
                 if last_text_at is None:
                     record.ttft_s = now - record.started_s

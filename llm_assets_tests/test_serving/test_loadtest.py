@@ -436,3 +436,27 @@ def test_profile_levels_shapes() -> None:
 def test_percentile_matches_numpy(values: list[float], q: float) -> None:
     expected = float(np.percentile(values, q))
     assert percentile(values, q) == pytest.approx(expected, rel=1e-9, abs=1e-6)
+
+
+def test_first_token_is_the_first_step_even_when_its_text_is_empty() -> None:
+    """A token that only completes a character later streams as an empty text: it is still the first token."""
+    from llm_assets.serving.loadtest import RequestRecord, _send
+
+    chunks = [
+        {"choices": [{"text": ""}]},
+        {"choices": [{"text": "é"}]},
+        {"choices": [{"text": "!", "finish_reason": "length"}]},
+        {"choices": [], "usage": {"completion_tokens": 3}},
+    ]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+    async def go() -> RequestRecord:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, text=body))
+        record = RequestRecord("m", "constant", 0, time.perf_counter(), None, None)
+        async with httpx.AsyncClient(transport=transport) as client:
+            await _send(client, "http://stub/v1/completions", {}, {}, record, 5.0)
+        return record
+
+    record = asyncio.run(go())
+    assert record.error is None and record.ttft_s is not None and record.ttft_s <= record.e2e_s  # type: ignore[operator]
+    assert len(record.itl_s) == 2 and record.output_tokens == 3
