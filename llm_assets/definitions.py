@@ -17,6 +17,7 @@ from llm_assets.defs.monitoring.assets import monitoring_definitions
 from llm_assets.defs.registry.assets import registry_definitions
 from llm_assets.defs.serving.assets import serving_definitions
 from llm_assets.defs.training.definitions import training_definitions
+from llm_assets.resources.alerts import AlertsResource
 from llm_assets.resources.endpoint import InferenceEndpoint
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
 from llm_assets.resources.training_compute import (
@@ -124,6 +125,10 @@ def build_definitions() -> dg.Definitions:
                 "lake": lake_resource_from_env(),
                 "training_compute": training_compute_from_env(),
                 "inference_endpoint": inference_endpoint_from_env(),
+                # LLM_ASSETS_ALERTS=webhook posts to the URL in $LLM_ASSETS_ALERT_WEBHOOK_URL; default: the log.
+                "alerts": AlertsResource(
+                    backend="webhook" if os.environ.get("LLM_ASSETS_ALERTS") == "webhook" else "log"
+                ),
             }
         ),
     )

@@ -15,6 +15,7 @@ from llm_assets.curation.pii.policy import load_policy
 from llm_assets.curation.pii.scrub import rescan_clean
 from llm_assets.defs.audit_trail import record_check, record_materialization
 from llm_assets.defs.curation.assets import code_version_of
+from llm_assets.defs.monitoring.alerting import run_failure_alerts
 from llm_assets.lake.shards import read_dataset, write_table
 from llm_assets.monitoring.samples import (
     PRODUCTION_SAMPLES_DATASET,
@@ -158,4 +159,5 @@ def monitoring_definitions() -> dg.Definitions:
         assets=[production_samples],
         jobs=[sample_retention, production_sampling_job],
         schedules=[sample_retention_schedule],
+        sensors=[run_failure_alerts],
     )
