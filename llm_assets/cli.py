@@ -183,8 +183,8 @@ def _demo_serve(storage: Any) -> Any:
     with dg.DagsterInstance.get() as instance:
         # The KPI task: the demo serves the intent adapter (the civics adapter stays a registered candidate).
         tasks = [t for t in SFT_TASKS.get_partition_keys() if t == "banking77_intents"]
-        # 10 % sampling (production default 1 %) so the demo's short load test leaves a sample to monitor.
-        return approve_and_serve(defs, instance, storage, tasks, port=port, sample_rate=0.1, log=click.echo)
+        # 25 % sampling (production default 1 %) so the demo's short load test leaves enough to monitor.
+        return approve_and_serve(defs, instance, storage, tasks, port=port, sample_rate=0.25, log=click.echo)
 
 
 def _demo_samples(storage: Any) -> Any:

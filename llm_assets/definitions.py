@@ -13,7 +13,7 @@ import dagster as dg
 from llm_assets.defs.curation.definitions import curation_definitions
 from llm_assets.defs.evaluation.definitions import evaluation_definitions
 from llm_assets.defs.ingestion.definitions import ingestion_definitions
-from llm_assets.defs.monitoring.assets import monitoring_definitions
+from llm_assets.defs.monitoring.drift import monitoring_definitions
 from llm_assets.defs.registry.assets import registry_definitions
 from llm_assets.defs.serving.assets import serving_definitions
 from llm_assets.defs.training.definitions import training_definitions

@@ -107,6 +107,9 @@ def _headline(metadata: Mapping[str, Any]) -> str:
             f"{metadata['kept'].value} of {lines.value} sampled requests kept (PII re-scrubbed), "
             f"{metadata['rejected'].value} rejected"
         )
+    verdicts = metadata.get("verdicts")
+    if verdicts is not None:
+        return "drift: " + (", ".join(f"{m} {v}" for m, v in verdicts.value.items()) or "no sampled traffic")
     chosen = metadata.get("chosen")
     if chosen is not None:
         return f"chosen: {chosen.value}; route: {metadata['route'].value}"

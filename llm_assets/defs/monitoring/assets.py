@@ -15,7 +15,6 @@ from llm_assets.curation.pii.policy import load_policy
 from llm_assets.curation.pii.scrub import rescan_clean
 from llm_assets.defs.audit_trail import record_check, record_materialization
 from llm_assets.defs.curation.assets import code_version_of
-from llm_assets.defs.monitoring.alerting import run_failure_alerts
 from llm_assets.lake.shards import read_dataset, write_table
 from llm_assets.monitoring.samples import (
     PRODUCTION_SAMPLES_DATASET,
@@ -147,17 +146,3 @@ sample_retention_schedule = dg.ScheduleDefinition(
 
 
 MONITORING_SAMPLES_JOB = "production_sampling"
-production_sampling_job = dg.define_asset_job(
-    MONITORING_SAMPLES_JOB,
-    selection=dg.AssetSelection.assets(production_samples),
-    description="Commit one day of sampled production traffic (PII re-scrubbed, rejects kept).",
-)
-
-
-def monitoring_definitions() -> dg.Definitions:
-    return dg.Definitions(
-        assets=[production_samples],
-        jobs=[sample_retention, production_sampling_job],
-        schedules=[sample_retention_schedule],
-        sensors=[run_failure_alerts],
-    )
