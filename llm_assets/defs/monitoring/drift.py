@@ -29,6 +29,7 @@ from llm_assets.defs.monitoring.assets import (
     sample_retention,
     sample_retention_schedule,
 )
+from llm_assets.defs.monitoring.feedback import feedback_examples
 from llm_assets.defs.registry.assets import registered_model
 from llm_assets.defs.training.adaptation import lora_adapter
 from llm_assets.defs.training.assets import SFT_PREFIX, SFT_TASKS, sft_dataset
@@ -210,7 +211,7 @@ def monitoring_definitions() -> dg.Definitions:
         description="One day of sampled production traffic (PII re-scrubbed, rejects kept) and its drift report.",
     )
     return dg.Definitions(
-        assets=[production_samples, drift_report],
+        assets=[production_samples, drift_report, feedback_examples],
         jobs=[sample_retention, sampling, retraining_job],
         schedules=[sample_retention_schedule],
         sensors=[run_failure_alerts, retraining_sensor],
