@@ -1,6 +1,7 @@
 """Reviewers' and citizens' corrections as training data: SFT pairs and DPO preference pairs.
 
-A feedback line (JSONL dropped in `feedback/inbox/`) says: for this `prompt` the model (`model`) answered
+A feedback line (JSONL dropped in `feedback/inbox/`, or posted to the gateway's `POST /v1/feedback`, which
+writes it there through `FeedbackInbox`) says: for this `prompt` the model (`model`) answered
 `response`, and the right answer is `correction`. It becomes an SFT pair (prompt -> correction) and a
 preference pair (chosen = correction, rejected = response), after a PII scrub with the curation detectors
 and deduplication against the task's training prompts and against earlier feedback. Every line ends up
@@ -11,16 +12,79 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import unicodedata
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from llm_assets.curation.pii.policy import PiiPolicy
+from llm_assets.curation.pii.policy import PiiPolicy, load_policy
 from llm_assets.curation.pii.scrub import redact_text, scan_text
+from llm_assets.lake.storage import LakeStorage
 
 FEEDBACK_INBOX = "feedback/inbox"
+FEEDBACK_SFT_KEY = "feedback/sft/feedback_examples.jsonl"
+FEEDBACK_ID_PREFIX = "feedback-"  # SFT rows built from feedback carry ids like feedback-<id>
 FEEDBACK_FIELDS = ("model", "prompt", "response", "correction")
+OPTIONAL_FIELDS = ("reviewer", "sample_id", "comment")
+MAX_FIELD_CHARS = 32_000
+
+
+class FeedbackInvalid(ValueError):
+    """A submission that cannot become a feedback record; the message says which field and why."""
+
+
+def problem_of(row: Any) -> str | None:
+    """Why `row` is not a feedback record (None when it is one)."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    missing = [k for k in FEEDBACK_FIELDS if not isinstance(row.get(k), str) or not row[k].strip()]
+    if missing:
+        return f"missing or empty {', '.join(missing)} (send {', '.join(FEEDBACK_FIELDS)} as strings)"
+    long = [k for k in FEEDBACK_FIELDS if len(row[k]) > MAX_FIELD_CHARS]
+    if long:
+        return f"{', '.join(long)} longer than {MAX_FIELD_CHARS} characters"
+    return None
+
+
+class FeedbackInbox:
+    """The feedback endpoint's writer: one submission, PII-redacted, becomes one inbox object (atomic).
+
+    Raw corrections are not kept anywhere: the text is redacted with the policy before it is stored, and
+    `feedback_examples` scrubs again with its own policy when it builds training examples.
+    """
+
+    def __init__(
+        self,
+        storage: LakeStorage,
+        *,
+        policy: str = "eu-gdpr",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.storage = storage
+        self.policy = load_policy(policy)
+        self._clock = clock
+
+    def submit(self, row: Mapping[str, Any]) -> dict[str, str]:
+        """Stores one submission; returns its id and lake key. Raises FeedbackInvalid on a bad one."""
+        problem = problem_of(dict(row) if isinstance(row, Mapping) else row)
+        if problem is not None:
+            raise FeedbackInvalid(problem)
+        now = self._clock()
+        feedback_id = uuid.uuid4().hex
+        record: dict[str, Any] = {"id": feedback_id, "received": now.isoformat(), "model": row["model"]}
+        for key in ("prompt", "response", "correction"):
+            record[key] = redact_text(row[key], scan_text(row[key], self.policy), self.policy)
+        for key in OPTIONAL_FIELDS:
+            if isinstance(row.get(key), str) and row[key].strip():
+                value = row[key][:MAX_FIELD_CHARS]
+                record[key] = redact_text(value, scan_text(value, self.policy), self.policy)
+        record["pii_policy"] = f"{self.policy.name}@{self.policy.version}"
+        key = f"{FEEDBACK_INBOX}/{now.date().isoformat()}/{int(time.time() * 1000)}-{feedback_id[:12]}.jsonl"
+        self.storage.write_bytes(key, (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+        return {"id": feedback_id, "key": key}
 
 
 def normalise(text: str) -> str:
@@ -98,9 +162,9 @@ def _parse(raw: bytes) -> tuple[dict[str, Any] | None, tuple[str, str]]:
         return None, ("json", f"not JSON ({e.msg} at column {e.colno})")
     if not isinstance(row, dict):
         return None, ("json", f"a JSON {type(row).__name__}, not an object")
-    missing = [k for k in FEEDBACK_FIELDS if not isinstance(row.get(k), str) or not row[k].strip()]
-    if missing:
-        return None, ("schema", f"missing or empty {', '.join(missing)}")
+    problem = problem_of(row)
+    if problem is not None:
+        return None, ("schema", problem)
     return row, ("", "")
 
 

@@ -10,6 +10,8 @@ loading there reaches one replica at a time. The gateway therefore:
   round-robin, rewriting `model` to the replica's own name and passing the replicas' internal key;
 - loads or unloads an adapter on every replica behind one admin call (`POST /admin/adapters`,
   `DELETE /admin/adapters/{name}`, admin key), all-or-nothing, after the compatibility check;
+- takes reviewers' and citizens' corrections at `POST /v1/feedback` (`model`, `prompt`, `response`,
+  `correction`; API key), redacted and stored in the lake's feedback inbox for `feedback_examples`;
 - logs no request or response text, except a sampled fraction (default 1 %) that is PII-redacted with the
   curation detectors before it is written to the lake under `serving/samples/<model>/<day>/` with its
   retention date (30 days by default) for drift monitoring.
@@ -37,6 +39,7 @@ from aiohttp import web
 from llm_assets.curation.pii import load_policy
 from llm_assets.curation.pii.scrub import redact_text, scan_text
 from llm_assets.lake.storage import LakeStorage
+from llm_assets.monitoring.feedback import FeedbackInbox, FeedbackInvalid
 
 SAMPLES_PREFIX = "serving/samples"
 PROXIED_ROUTES = ("/v1/completions", "/v1/chat/completions")
@@ -218,6 +221,7 @@ class Gateway:
 
     settings: GatewaySettings
     recorder: SampleRecorder | None = None
+    feedback: FeedbackInbox | None = None
     load_adapter: AdapterLoader | None = None
     unload_adapter: AdapterUnloader | None = None
     counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "unauthorised": 0, "upstream_errors": 0})
@@ -231,6 +235,7 @@ class Gateway:
         app.router.add_get("/v1/models", self.models)
         for route in PROXIED_ROUTES:
             app.router.add_post(route, self.proxy)
+        app.router.add_post("/v1/feedback", self.submit_feedback)
         app.router.add_post("/admin/adapters", self.admin_load)
         app.router.add_delete("/admin/adapters/{name}", self.admin_unload)
         app.on_startup.append(self._start_flusher)
@@ -344,6 +349,31 @@ class Gateway:
                 completion_tokens=tokens,
             )
         return out
+
+    async def submit_feedback(self, request: web.Request) -> web.Response:
+        """A reviewer or citizen says a response was wrong and gives the right one (stored redacted)."""
+        if (denied := self._check_key(request, self.settings.api_keys)) is not None:
+            return denied
+        if self.feedback is None:
+            return _error(501, "this gateway has no lake to keep feedback in", "not_implemented")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the feedback body is not JSON", "invalid_request_error")
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"feedback body over {self.settings.max_body_bytes} bytes", "invalid_request_error")
+        if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"] not in self.settings.routes:
+            known = ", ".join(sorted(self.settings.routes)) or "none"
+            return _error(404, f"model '{body['model']}' is not served here; served: {known}", "not_found_error")
+        try:
+            stored = await asyncio.to_thread(self.feedback.submit, body)
+        except FeedbackInvalid as exc:
+            return _error(400, f"feedback not accepted: {exc}", "invalid_request_error")
+        except Exception as exc:  # the lake is down: say so, the client retries
+            _log.exception("feedback write failed")
+            return _error(503, f"feedback could not be stored ({type(exc).__name__}); try again", "storage_error")
+        self.counters["feedback"] = self.counters.get("feedback", 0) + 1
+        return web.json_response({"id": stored["id"], "status": "received"}, status=201)
 
     async def admin_load(self, request: web.Request) -> web.Response:
         if (denied := self._check_key(request, self.settings.admin_keys)) is not None:

@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from llm_assets.monitoring.feedback import FeedbackInbox
 from llm_assets.paths import project_home
 from llm_assets.serving.gateway import Gateway, GatewaySettings, SampleRecorder, Upstream, replicas_call
 from llm_assets.serving.vllm_server import (
@@ -270,10 +271,16 @@ class Supervisor:
                 policy=self.spec.sample_policy,
                 retention_days=self.spec.retention_days,
             )
+        feedback = None
+        if self.spec.lake_root:
+            from llm_assets.lake import LocalLakeStorage
+
+            feedback = FeedbackInbox(LocalLakeStorage(self.spec.lake_root), policy=self.spec.sample_policy)
         admin = [k.strip() for k in os.environ.get(ADMIN_KEY_ENV, "").split(",") if k.strip()]
         self.gateway = Gateway(
             GatewaySettings(api_keys=public_keys(), routes=routes, admin_keys=admin),
             recorder=recorder,
+            feedback=feedback,
             load_adapter=self.load_adapter,
             unload_adapter=self.unload_adapter,
         )

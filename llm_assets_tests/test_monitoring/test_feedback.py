@@ -14,7 +14,7 @@ from llm_assets.defs.monitoring.feedback import (
 )
 from llm_assets.defs.training.assets import SFT_PREFIX
 from llm_assets.lake import LocalLakeStorage
-from llm_assets.monitoring.feedback import build_examples
+from llm_assets.monitoring.feedback import FeedbackInbox, build_examples
 from llm_assets.resources.lake import LocalLakeResource
 from llm_assets.training.dpo import read_preference_pairs
 
@@ -64,6 +64,8 @@ def test_feedback_examples_asset_feeds_dpo(lake_root: Path, instance: dg.Dagster
             ]
         ),
     )
+    submission = {"model": TASK, "prompt": "Is my transfer stuck?", "response": "exchange_rate"}
+    FeedbackInbox(storage).submit(submission | {"correction": "pending_transfer"})  # what POST /v1/feedback stores
     result = dg.materialize(
         [feedback_examples], resources={"lake": LocalLakeResource(root=str(lake_root))}, instance=instance
     )
@@ -71,8 +73,10 @@ def test_feedback_examples_asset_feeds_dpo(lake_root: Path, instance: dg.Dagster
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"counts_reconcile": True, "no_structured_pii": True}
     pairs = read_preference_pairs(storage.read_bytes(FEEDBACK_PREFERENCES_KEY), "feedback")
-    assert len(pairs) == 1 and pairs[0].chosen == "card_arrival" and "ana@example.org" not in pairs[0].prompt
+    assert sorted(p.chosen for p in pairs) == ["card_arrival", "pending_transfer"]
+    assert not any("ana@example.org" in p.prompt for p in pairs)
     sft = [json.loads(line) for line in storage.read_bytes(FEEDBACK_SFT_KEY).splitlines()]
-    assert sft[0]["completion"] == "card_arrival" and sft[0]["task"] == TASK
+    assert sorted(r["completion"] for r in sft) == ["card_arrival", "pending_transfer"]
+    assert {r["task"] for r in sft} == {TASK}
     rejects = [json.loads(line) for line in storage.read_bytes(FEEDBACK_REJECTS_KEY).splitlines()]
     assert sorted(r["rule"] for r in rejects) == ["in_training", "utf8"]

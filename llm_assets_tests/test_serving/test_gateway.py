@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from llm_assets.lake import LocalLakeStorage
+from llm_assets.monitoring.feedback import FEEDBACK_INBOX, FeedbackInbox
 from llm_assets.serving.gateway import (
     SAMPLES_PREFIX,
     Gateway,
@@ -125,7 +126,11 @@ def _gateway(replicas: list[tuple[AppThread, dict[str, Any]]], tmp_path: Path, r
         "base": [Upstream(replicas[0][0].url, "base", INTERNAL), Upstream(replicas[1][0].url, "base", INTERNAL)],
     }
     recorder = SampleRecorder(LocalLakeStorage(tmp_path / "lake"), rate=rate, flush_every=1, seed=0)
-    gateway = Gateway(GatewaySettings(api_keys=[KEY], routes=routes, admin_keys=["admin"]), recorder=recorder)
+    gateway = Gateway(
+        GatewaySettings(api_keys=[KEY], routes=routes, admin_keys=["admin"]),
+        recorder=recorder,
+        feedback=FeedbackInbox(LocalLakeStorage(tmp_path / "lake")),
+    )
 
     async def load(name: str, path: str) -> dict[str, Any]:
         import aiohttp
@@ -201,6 +206,31 @@ def test_streamed_responses_pass_through_and_samples_are_pii_redacted(gateway_ur
     assert "bob@example.com" not in row["prompt"] and "[EMAIL]" in row["prompt"]
     assert "alice@example.org" not in row["response"] and "[EMAIL]" in row["response"]
     assert row["completion_tokens"] == 2 and row["expires"] > row["ts"][:10]
+
+
+def test_feedback_endpoint_stores_redacted_corrections_and_explains_refusals(gateway_url: str, tmp_path: Path) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    good = {
+        "model": "banking77_intents",
+        "prompt": "My card never came, write to ana@example.org",
+        "response": "exchange_rate",
+        "correction": "card_arrival",
+        "reviewer": "desk-3",
+    }
+    assert httpx.post(gateway_url + "/v1/feedback", json=good).status_code == 401
+    missing = httpx.post(gateway_url + "/v1/feedback", json=good | {"correction": " "}, headers=auth)
+    assert missing.status_code == 400 and "correction" in missing.json()["error"]["message"]
+    unknown = httpx.post(gateway_url + "/v1/feedback", json=good | {"model": "nope"}, headers=auth)
+    assert unknown.status_code == 404 and "banking77_intents" in unknown.json()["error"]["message"]
+    assert httpx.post(gateway_url + "/v1/feedback", content=b"[1,", headers=auth).status_code == 400
+    reply = httpx.post(gateway_url + "/v1/feedback", json=good, headers=auth)
+    assert reply.status_code == 201 and reply.json()["status"] == "received"
+    files = sorted((tmp_path / "lake" / FEEDBACK_INBOX).rglob("*.jsonl"))
+    assert len(files) == 1, "only the accepted submission is stored"
+    row = json.loads(files[0].read_text())
+    assert row["id"] == reply.json()["id"] and row["reviewer"] == "desk-3"
+    assert "ana@example.org" not in row["prompt"] and "[EMAIL]" in row["prompt"]
+    assert row["correction"] == "card_arrival" and row["pii_policy"].startswith("eu-gdpr@")
 
 
 def test_sampling_keeps_about_the_configured_share(tmp_path: Path) -> None:
