@@ -129,6 +129,9 @@ def demo() -> None:
             sampling_run = _demo_samples(storage)
             runs.append(sampling_run)
             _print_runs([sampling_run])
+            quality_runs = _demo_deployed_eval(storage)
+            runs.extend(quality_runs)
+            _print_runs(quality_runs)
     verification = AuditLog(storage).verify()
     click.echo("")
     click.echo(f"Audit trail: {verification.records} records, {'intact' if verification.ok else 'BROKEN'}")
@@ -195,6 +198,16 @@ def _demo_samples(storage: Any) -> Any:
 
     with dg.DagsterInstance.get() as instance:
         return collect_production_samples(defs, instance, storage, log=click.echo)
+
+
+def _demo_deployed_eval(storage: Any) -> list[Any]:
+    import dagster as dg
+
+    from llm_assets.definitions import defs
+    from llm_assets.defs.launch import evaluate_deployed_models
+
+    with dg.DagsterInstance.get() as instance:
+        return evaluate_deployed_models(defs, instance, storage, log=click.echo)
 
 
 @main.command()

@@ -146,6 +146,21 @@ def _assert_demo_outputs(stdout: str, tmp_path: Path, env: dict[str, str], cli: 
     assert "banking77_intents" in report and url in report, report
     reports = list((tmp_path / "home" / ".lake" / "serving" / "loadtests" / "llm-assets").glob("*.json"))
     assert any(json.loads(p.read_text()).get("health", {}).get("passed") for p in reports if p.name != "current.json")
+    # The deployed model re-scored as the monthly schedule does: it reproduces its registration score.
+    rescored = next(line for line in lines if "deployed_model_eval" in line and "at registration" in line)
+    test_score, registered = re.search(r"test exact_match ([\d.]+) \(at registration ([\d.]+)\)", rescored).groups()
+    assert test_score == registered, rescored
+    # Feedback through the gateway: a correction is accepted (201) and lands redacted in the lake's inbox.
+    correction = {
+        "model": "banking77_intents",
+        "prompt": "My card has not arrived, mail me at ana@example.org",
+        "response": answer.json()["choices"][0]["text"] or "(empty)",
+        "correction": "card_arrival_unknown_label",
+    }
+    posted = httpx.post(f"{url}/feedback", json=correction, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    assert posted.status_code == 201, posted.text
+    inbox = list((tmp_path / "home" / ".lake" / "feedback" / "inbox").rglob("*.jsonl"))
+    assert len(inbox) == 1 and "ana@example.org" not in inbox[0].read_text()
 
 
 def test_train_help_lists_the_asset_configs() -> None:

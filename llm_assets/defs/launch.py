@@ -107,6 +107,13 @@ def _headline(metadata: Mapping[str, Any]) -> str:
             f"{metadata['kept'].value} of {lines.value} sampled requests kept (PII re-scrubbed), "
             f"{metadata['rejected'].value} rejected"
         )
+    registered = metadata.get("registered_score")
+    if registered is not None and "test_score" in metadata:
+        at = f"{registered.value:.3f}" if registered.value is not None else "n/a"
+        return (
+            f"deployed version: test {metadata['metric'].value} {metadata['test_score'].value:.3f} (at registration "
+            f"{at}); {metadata['labelled_rows'].value} labelled production prompts: {metadata['verdict'].value}"
+        )
     verdicts = metadata.get("verdicts")
     if verdicts is not None:
         return "drift: " + (", ".join(f"{m} {v}" for m, v in verdicts.value.items()) or "no sampled traffic")
@@ -266,6 +273,23 @@ def collect_production_samples(
         time.sleep(1.0)
     log(f"{MONITORING_SAMPLES_JOB}: committing the sampled traffic of {day} ...")
     return execute(defs, instance, MONITORING_SAMPLES_JOB, day.isoformat())
+
+
+def evaluate_deployed_models(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    storage: LakeStorage,
+    *,
+    log: Callable[[str], Any] = print,
+) -> list[PartitionRun]:
+    """What the monthly schedule does, now: each deployed model re-scored (`deployed_model_evaluation`)."""
+    from llm_assets.defs.monitoring.quality import DEPLOYED_EVAL_JOB, deployed_tasks
+
+    runs = []
+    for task in deployed_tasks(storage):
+        log(f"{DEPLOYED_EVAL_JOB} [{task}]: re-scoring the deployed version ...")
+        runs.append(execute(defs, instance, DEPLOYED_EVAL_JOB, task))
+    return runs
 
 
 def _has_sft_sources(partitions: Sequence[str]) -> bool:

@@ -1,1 +1,2 @@
-"""Production monitoring: sampled traffic, its retention, and (later) drift and feedback."""
+"""Production monitoring: sampled traffic and its retention, prompt drift (with sentence embeddings), feedback
+from reviewers and citizens, alerts."""

@@ -3,8 +3,9 @@
 Four views, each a number a person can read and a threshold can gate: language mix (total variation
 distance between language shares), length (relative change of the median in characters), vocabulary
 (Jensen-Shannon divergence, base 2, between word distributions) and a two-sample test on text vectors
-(maximum mean discrepancy with an RBF kernel on L2-normalised hashed character-n-gram vectors, p-value by
-permutation with a fixed seed). Everything is deterministic for the same inputs. Cost is linear in the
+(maximum mean discrepancy with an RBF kernel, p-value by permutation with a fixed seed) on sentence
+embeddings (`embed`, e.g. all-MiniLM-L6-v2 from `embeddings.py`) or, without one, on L2-normalised hashed
+character-trigram vectors. Everything is deterministic for the same inputs. Cost is linear in the
 number of texts except the MMD, which works on at most `max_mmd_texts` per side (a seeded sample).
 """
 
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+HASHED_VECTORS = "hashed-char-trigrams-512"
+Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class DriftResult:
     mmd_p_value: float
     thresholds: DriftThresholds
     reasons: list[str] = field(default_factory=list)
+    embedding: str = HASHED_VECTORS
 
     @property
     def drifted(self) -> bool:
@@ -68,6 +72,7 @@ class DriftResult:
             "vocabulary_js": self.vocabulary_js,
             "mmd": self.mmd,
             "mmd_p_value": self.mmd_p_value,
+            "embedding": self.embedding,
             "thresholds": self.thresholds.__dict__,
             "drifted": self.drifted,
             "reasons": self.reasons,
@@ -158,9 +163,12 @@ def compare(
     max_mmd_texts: int = 300,
     permutations: int = 200,
     seed: int = 0,
+    embed: Embed | None = None,
+    embedding: str | None = None,
 ) -> DriftResult:
     """Drift of `current` prompts against `reference` prompts; `languages` labels each text (e.g. the
-    curation stage's language identifier)."""
+    curation stage's language identifier); `embed` maps texts to vectors for the MMD test (named
+    `embedding` in the result), hashed character trigrams when None."""
     if not reference or not current:
         raise ValueError(
             f"drift needs texts on both sides (reference {len(reference)}, current {len(current)}); "
@@ -176,8 +184,12 @@ def compare(
     sampler = random.Random(seed)
     ref_sample = sampler.sample(list(reference), min(max_mmd_texts, len(reference)))
     cur_sample = sampler.sample(list(current), min(max_mmd_texts, len(current)))
+    vectors = embed or hashed_ngram_vectors
     mmd, p_value = mmd_permutation_test(
-        hashed_ngram_vectors(ref_sample), hashed_ngram_vectors(cur_sample), permutations=permutations, seed=seed
+        np.asarray(vectors(ref_sample), dtype=np.float64),
+        np.asarray(vectors(cur_sample), dtype=np.float64),
+        permutations=permutations,
+        seed=seed,
     )
     reasons = []
     if tvd > thresholds.language_tvd:
@@ -190,7 +202,8 @@ def compare(
     if js > thresholds.vocabulary_js:
         reasons.append(f"vocabulary Jensen-Shannon {js:.2f} > {thresholds.vocabulary_js}")
     if p_value < thresholds.mmd_p_value:
-        reasons.append(f"text distributions differ (MMD p = {p_value:.3f} < {thresholds.mmd_p_value})")
+        what = "embeddings" if embed is not None else "character trigrams"
+        reasons.append(f"prompt {what} differ (MMD p = {p_value:.3f} < {thresholds.mmd_p_value})")
     return DriftResult(
         len(reference),
         len(current),
@@ -205,4 +218,5 @@ def compare(
         p_value,
         thresholds,
         reasons,
+        embedding or (HASHED_VECTORS if embed is None else str(getattr(embed, "name", "custom"))),
     )

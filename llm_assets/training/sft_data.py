@@ -99,6 +99,37 @@ def qa_examples(records: Iterable[Mapping[str, Any]]) -> list[SftExample]:
     return examples
 
 
+def feedback_sft_examples(
+    rows: Iterable[Mapping[str, Any]], task: str, existing: Sequence[SftExample]
+) -> list[SftExample]:
+    """Accepted feedback corrections of `task` (feedback_examples rows) as train examples.
+
+    A correction whose prompt is already an example (train or test) is left out: it must not duplicate a
+    training row or leak a held-out test prompt into training.
+    """
+    taken = {" ".join(e.prompt.split()).casefold() for e in existing}
+    examples = []
+    for row in rows:
+        if row.get("task") != task:
+            continue
+        key = " ".join(str(row["prompt"]).split()).casefold()
+        if key in taken:
+            continue
+        taken.add(key)
+        completion = str(row["completion"])
+        examples.append(
+            SftExample(
+                id=f"feedback-{row['id']}",
+                prompt=str(row["prompt"]),
+                completion=completion if completion[:1].isspace() else f" {completion.strip()}",
+                split="train",
+                source_id=f"feedback:{row.get('source', row['id'])}",
+                lang=str(row.get("lang") or "und"),
+            )
+        )
+    return examples
+
+
 def quality_figures(examples: Sequence[SftExample]) -> dict[str, Any]:
     """What the blocking data gate decides on: counts, duplicate prompts, structured PII left."""
     prompts = Counter(e.prompt for e in examples)

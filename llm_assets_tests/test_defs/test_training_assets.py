@@ -273,6 +273,42 @@ def test_training_chain_with_lineage_and_gates(curated: LocalLakeStorage, instan
     gate = {e.check_name: e for e in retrained.get_asset_check_evaluations()}["rouge_vs_deployed"]
     assert gate.metadata["figures"].value["deployed_version"] == first
 
+    # The monthly re-evaluation scores the deployed version (not the newer candidate): on the same test split
+    # it reproduces its registration score exactly; reviewer-labelled production prompts are scored too.
+    from llm_assets.defs.monitoring.feedback import feedback_examples
+    from llm_assets.defs.monitoring.quality import QUALITY_PREFIX, deployed_model_eval
+    from llm_assets.monitoring.feedback import FEEDBACK_SFT_KEY
+    from llm_assets.resources.alerts import AlertsResource
+
+    test_rows = storage.read_bytes(
+        json.loads(storage.read_bytes("datasets_export/sft/banking77_intents/current.json"))["prefix"]
+        + "/test.prompt_completion.jsonl"
+    ).splitlines()
+    labelled = [json.loads(line) for line in test_rows[:3]]
+    storage.write_bytes(
+        FEEDBACK_SFT_KEY,
+        "".join(
+            json.dumps({"id": f"fb{i}", "task": "banking77_intents", "prompt": r["prompt"] + " ",
+                        "completion": r["completion"].strip(), "source": "feedback/inbox/x.jsonl:1"}) + "\n"
+            for i, r in enumerate(labelled)
+        ).encode(),
+    )  # fmt: skip
+    rescored = dg.materialize(
+        [*graph, feedback_examples, deployed_model_eval],
+        selection=[deployed_model_eval],
+        partition_key="banking77_intents",
+        resources=resources | {"alerts": AlertsResource()},
+        instance=instance,
+        run_config={"ops": {"deployed_model_eval": {"config": {"min_labelled": 3}}}},
+    )
+    assert rescored.success
+    day_reports = storage.list_objects(f"{QUALITY_PREFIX}/banking77_intents/")
+    quality = json.loads(storage.read_bytes(day_reports[-1].key))["models"]["banking77_intents"]
+    assert quality["version"] == first and quality["labelled_rows"] == 3 and quality["test_rows"] > 0
+    assert quality["test_score"] == quality["registered_score"] == entry.eval_metrics["task"]["exact_match"]
+    assert quality["verdict"] in ("stable", "drifted") and 0 <= quality["production_score"] <= 1
+    storage.delete(FEEDBACK_SFT_KEY)
+
     # Two sweep points, then selection on validation loss (never on the test rows).
     for trial in ("lr5e-3-r8", "lr2e-3-r16"):
         swept = dg.materialize(

@@ -4,6 +4,7 @@ import json
 import random
 from collections.abc import Sequence
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from llm_assets.monitoring.drift import (
     mmd_permutation_test,
     total_variation,
 )
+from llm_assets.monitoring.embeddings import PACKAGED_MODEL, EmbeddingModelMissing, SentenceEmbedder
 
 
 def _languages(texts: Sequence[str]) -> list[str]:
@@ -82,3 +84,28 @@ def test_mmd_is_deterministic_and_vectors_are_unit_length() -> None:
     y = hashed_ngram_vectors([f"κάρτα {i} χάθηκε" for i in range(20)])
     first, second = mmd_permutation_test(x, y, seed=3), mmd_permutation_test(x, y, seed=3)
     assert first == second and first[1] < 0.01
+
+
+def _civics_questions() -> list[str]:
+    path = files("llm_assets") / "sample_corpus" / "uscis_civics" / "uscis_civics.jsonl"
+    return [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_sentence_embeddings_see_a_topic_shift_in_the_same_language() -> None:
+    """The packaged all-MiniLM-L6-v2 (no hub): same-topic samples agree, a topic shift is found by the MMD."""
+    embed = SentenceEmbedder(PACKAGED_MODEL)
+    prompts = _banking_prompts()
+    random.Random(2).shuffle(prompts)
+    same = compare(prompts[:150], prompts[150:250], languages=_languages, embed=embed, embedding="minilm")
+    assert same.mmd_p_value > 0.01 and same.embedding == "minilm", same.reasons
+    # Civics questions are English too, of similar length: the language view cannot see this shift.
+    shifted = compare(prompts[:150], _civics_questions()[:60], languages=_languages, embed=embed)
+    assert shifted.mmd_p_value < 0.01 and shifted.language_tvd < 0.2
+    assert any("embeddings differ" in reason for reason in shifted.reasons)
+    vectors = embed(["I lost my card", "Who wrote the Constitution?"])
+    assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_missing_embedding_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EmbeddingModelMissing, match=r"not a sentence-transformers folder .*all-MiniLM-L6-v2"):
+        SentenceEmbedder(str(tmp_path / "nowhere"))

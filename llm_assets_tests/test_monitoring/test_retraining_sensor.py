@@ -7,12 +7,15 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from llm_assets.definitions import defs
 from llm_assets.defs.monitoring.assets import production_samples
-from llm_assets.defs.monitoring.drift import DRIFT_PREFIX, drift_report, retraining_sensor
+from llm_assets.defs.monitoring.drift import DRIFT_PREFIX, MIN_NEW_LABELLED_ENV, drift_report, retraining_sensor
 from llm_assets.defs.training.assets import SFT_PREFIX
 from llm_assets.lake import LocalLakeStorage
+from llm_assets.monitoring.feedback import FEEDBACK_SFT_KEY
+from llm_assets.resources.alerts import AlertsResource
 from llm_assets.resources.lake import LocalLakeResource
 from llm_assets_tests.test_monitoring.test_drift import GREEK, _banking_prompts
 
@@ -30,7 +33,7 @@ def _materialize_day(lake_root: Path, instance: dg.DagsterInstance, day: date, p
     result = dg.materialize(
         [production_samples, drift_report],
         partition_key=day.isoformat(),
-        resources={"lake": LocalLakeResource(root=str(lake_root))},
+        resources={"lake": LocalLakeResource(root=str(lake_root)), "alerts": AlertsResource()},
         instance=instance,
     )
     assert result.success
@@ -71,3 +74,45 @@ def test_drift_report_and_sensor(lake_root: Path, instance: dg.DagsterInstance) 
 def test_drift_report_without_enough_samples_gives_no_verdict(lake_root: Path, instance: dg.DagsterInstance) -> None:
     report = _materialize_day(lake_root, instance, date(2026, 11, 3), ["I lost my card"] * 3)
     assert report["models"][TASK]["verdict"] in ("no reference", "too few samples")
+
+
+def test_sensor_asks_for_retraining_when_labelled_examples_reach_the_threshold(
+    lake_root: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "New labelled data > Y": accepted feedback examples per task, counted from the last request."""
+    storage = LocalLakeStorage(lake_root)
+    lake = LocalLakeResource(root=str(lake_root))
+    monkeypatch.setenv(MIN_NEW_LABELLED_ENV, "3")
+
+    def land(count: int) -> None:
+        rows = [{"id": f"{i:016x}", "task": TASK, "prompt": f"p{i}", "completion": "lost_card"} for i in range(count)]
+        storage.write_bytes(FEEDBACK_SFT_KEY, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    def tick(cursor: str | None) -> dg.SensorResult:
+        context = dg.build_sensor_context(instance=instance, resources={"lake": lake}, definitions=defs, cursor=cursor)
+        return retraining_sensor.evaluate_tick(context)
+
+    first = tick(None)
+    assert first.run_requests == []  # no feedback yet
+    land(2)
+    below = tick(first.cursor)
+    assert below.run_requests == []  # 2 < 3
+    land(3)
+    fired = tick(below.cursor)
+    assert [r.partition_key for r in fired.run_requests] == [TASK]
+    tags = fired.run_requests[0].tags
+    assert tags["llm_assets/retrain_reason"] == "new_labelled_examples"
+    assert tags["llm_assets/new_labelled_examples"] == "3" and tags["llm_assets/min_new_labelled"] == "3"
+    assert tick(fired.cursor).run_requests == []  # the same examples never fire twice
+    land(5)
+    assert tick(fired.cursor).run_requests == []  # 2 new since the last request
+    monkeypatch.setenv(MIN_NEW_LABELLED_ENV, "many")
+    with pytest.raises(Exception, match="not a whole number"):
+        tick(fired.cursor)
+
+
+def test_sensor_reads_the_first_cursor_format(lake_root: Path, instance: dg.DagsterInstance) -> None:
+    lake = LocalLakeResource(root=str(lake_root))
+    context = dg.build_sensor_context(instance=instance, resources={"lake": lake}, definitions=defs, cursor='["abc"]')
+    result = retraining_sensor.evaluate_tick(context)
+    assert json.loads(result.cursor or "{}") == {"labelled": {}, "reports": ["abc"]}

@@ -8,6 +8,7 @@ import pytest
 
 from llm_assets.training.sft_data import (
     choose_intents,
+    feedback_sft_examples,
     intent_examples,
     manifest,
     qa_examples,
@@ -73,3 +74,18 @@ def test_manifest_version_depends_on_content_only() -> None:
         manifest("t", examples[1:], description="d", source_versions={}, code_version="c", created_at="x")["version"]
         != one["version"]
     )
+
+
+def test_feedback_corrections_join_the_train_split_but_never_a_test_prompt() -> None:
+    examples = intent_examples(RECORDS, ["card_arrival", "top_up"])
+    test_prompt = next(e.prompt for e in examples if e.split == "test")
+    rows = [
+        {"id": "f1", "task": "banking77_intents", "prompt": "Where is my new card?", "completion": "card_arrival",
+         "source": "feedback/inbox/a.jsonl:1"},
+        {"id": "f2", "task": "banking77_intents", "prompt": f"  {test_prompt} ", "completion": "top_up"},
+        {"id": "f3", "task": "uscis_civics", "prompt": "Who wrote it?", "completion": "Jefferson"},
+        {"id": "f4", "task": "banking77_intents", "prompt": "where is my NEW card?", "completion": "card_arrival"},
+    ]  # fmt: skip
+    added = feedback_sft_examples(rows, "banking77_intents", examples)
+    assert [(e.id, e.split, e.completion) for e in added] == [("feedback-f1", "train", " card_arrival")]
+    assert added[0].source_id == "feedback:feedback/inbox/a.jsonl:1"

@@ -18,10 +18,15 @@ from llm_assets.defs.curation.assets import code_version_of
 from llm_assets.defs.training.adaptation import FEEDBACK_PREFIX
 from llm_assets.defs.training.assets import SFT_PREFIX, SFT_TASKS
 from llm_assets.lake.storage import LakeKeyNotFound
-from llm_assets.monitoring.feedback import FEEDBACK_INBOX, build_examples, normalise
+from llm_assets.monitoring.feedback import (
+    FEEDBACK_ID_PREFIX,
+    FEEDBACK_INBOX,
+    FEEDBACK_SFT_KEY,
+    build_examples,
+    normalise,
+)
 from llm_assets.resources.lake import LakeResource
 
-FEEDBACK_SFT_KEY = "feedback/sft/feedback_examples.jsonl"
 FEEDBACK_PREFERENCES_KEY = f"{FEEDBACK_PREFIX}/feedback_examples.jsonl"
 FEEDBACK_REJECTS_KEY = "feedback/rejects/feedback_examples.jsonl"
 
@@ -59,7 +64,11 @@ def feedback_examples(
             data = storage.read_bytes(f"{prefix}/train.prompt_completion.jsonl")
         except LakeKeyNotFound:
             continue
-        training[task] = {normalise(json.loads(line)["prompt"]) for line in data.splitlines() if line.strip()}
+        rows = [json.loads(line) for line in data.splitlines() if line.strip()]
+        # Rows sft_dataset took from earlier feedback are this asset's own output, not a reason to reject it.
+        training[task] = {
+            normalise(r["prompt"]) for r in rows if not str(r.get("id", "")).startswith(FEEDBACK_ID_PREFIX)
+        }
     batch = build_examples(files, load_policy(config.policy), training)
     context.log.info(
         f"{batch.lines} feedback lines in {len(files)} files -> {len(batch.sft)} examples, "

@@ -1,5 +1,6 @@
 """Training-stage assets. `tokenizer`: byte-level BPE trained on the curated train split, stored in the lake."""
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -15,6 +16,8 @@ from llm_assets.defs.audit_trail import record_check, record_materialization
 from llm_assets.defs.curation.assets import code_version_of, curated_corpus
 from llm_assets.defs.ingestion.partitions import sources_partitions
 from llm_assets.lake import LakeError, LakeStorage, iter_shards
+from llm_assets.lake.storage import LakeKeyNotFound
+from llm_assets.monitoring.feedback import FEEDBACK_SFT_KEY
 from llm_assets.plots import bar_chart
 from llm_assets.resources.lake import LakeResource
 from llm_assets.training.base_model import (
@@ -27,6 +30,7 @@ from llm_assets.training.base_model import (
 )
 from llm_assets.training.sft_data import (
     choose_intents,
+    feedback_sft_examples,
     intent_examples,
     manifest,
     qa_examples,
@@ -228,6 +232,10 @@ class SftDatasetConfig(dg.Config):
     intents: int = Field(default=8, ge=2, le=77, description="How many Banking77 intents the demo task uses.")
     min_examples: int = Field(default=50, ge=1)
     max_duplicate_prompt_ratio: float = Field(default=0.05, ge=0, le=1)
+    include_feedback: bool = Field(
+        default=True,
+        description="Add the task's accepted feedback corrections (feedback_examples) to the train split.",
+    )
 
 
 def _curated_records(storage: LakeStorage, source: str) -> list[dict[str, object]]:
@@ -239,10 +247,10 @@ def _curated_records(storage: LakeStorage, source: str) -> list[dict[str, object
 
 
 @dg.asset(
-    deps=[curated_corpus],
+    deps=[curated_corpus, dg.AssetKey("feedback_examples")],
     partitions_def=SFT_TASKS,
     group_name="training",
-    code_version="sft_dataset-v2",
+    code_version="sft_dataset-v3",
     kinds={"parquet", "json"},
     check_specs=[
         dg.AssetCheckSpec("enough_examples", asset="sft_dataset", blocking=True),
@@ -268,13 +276,27 @@ def sft_dataset(
     else:
         examples = qa_examples(records)
         description = "USCIS civics questions answered with their first accepted answer"
-    source_version = pipeline.input_manifest(storage, pipeline.CURATED, source).data_version
+    curated_version = pipeline.input_manifest(storage, pipeline.CURATED, source).data_version
+    source_versions = {f"curated_corpus/{source}": curated_version}
+    if config.include_feedback:
+        try:
+            feedback = storage.read_bytes(FEEDBACK_SFT_KEY)
+        except LakeKeyNotFound:
+            feedback = b""
+        added = feedback_sft_examples(
+            [json.loads(line) for line in feedback.splitlines() if line.strip()], task, examples
+        )
+        if added:
+            examples += added
+            source_versions["feedback_examples"] = hashlib.sha256(feedback).hexdigest()
+            description += f"; plus {len(added)} reviewers' corrections from feedback_examples"
+            context.log.info(f"{len(added)} feedback corrections added to the {task} train split")
     figures = quality_figures(examples)
     data_manifest = manifest(
         task,
         examples,
         description=description,
-        source_versions={f"curated_corpus/{source}": source_version},
+        source_versions=source_versions,
         code_version=code_version_of(context),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
