@@ -45,6 +45,22 @@ def test_serving_needs_an_approved_version(tmp_path: Path) -> None:
     assert _servable_entry(registry, "m").version == "v1"
 
 
+def test_a_rolled_back_version_is_not_served_again_but_a_new_approval_is(tmp_path: Path) -> None:
+    registry = ModelRegistry(LocalLakeStorage(tmp_path))
+    for version in ("v1", "v2"):
+        registry.register("m", version, eval_metrics={}, lineage={}, registered_by="x",
+                          gates={"g": {"passed": True, "blocking": True}})  # fmt: skip
+        registry.approve("m", version, by="ana", reason="ok")
+        registry.deploy("m", version, by="ana", endpoint="http://127.0.0.1:8000/v1")
+    assert _servable_entry(registry, "m").version == "v2"
+    registry.rollback("m", by="ana", reason="v2 gives wrong answers")
+    assert _servable_entry(registry, "m").version == "v1"  # v2 is approved again, but it was rolled back from
+    registry.register("m", "v3", eval_metrics={}, lineage={}, registered_by="x",
+                      gates={"g": {"passed": True, "blocking": True}})  # fmt: skip
+    registry.approve("m", "v3", by="ana", reason="fixed")
+    assert _servable_entry(registry, "m").version == "v3"
+
+
 def test_platform_config_must_be_a_json_object() -> None:
     assert _json_object('{"gpus": 1}', "k8s") == {"gpus": 1}
     with pytest.raises(dg.Failure, match="'k8s' is not JSON"):

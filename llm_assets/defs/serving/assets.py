@@ -56,13 +56,20 @@ class DeployedEndpointConfig(dg.Config):
 
 
 def _servable_entry(registry: ModelRegistry, model: str) -> RegistryEntry:
+    """The version to serve: one approved after the current deployment began (the newest such), else the one
+    deployed now. So a new approval rolls forward, and a rolled-back version is not picked up again."""
     entries = [e for e in registry.entries(model) if e.status in SERVABLE]
     if not entries:
         raise dg.Failure(
             f"no approved version of {model}: approve one with `llm-assets registry approve {model} VERSION "
             "--by NAME --reason TEXT`"
         )
-    return entries[-1]
+    deployed = next((e for e in entries if e.status == "deployed"), None)
+    if deployed is None:
+        return entries[-1]
+    since = (deployed.deployment or {}).get("at", "")
+    newer = [e for e in entries if e.status == "approved" and (e.approval or {}).get("at", "") > since]
+    return newer[-1] if newer else deployed
 
 
 def _stage(storage: LakeStorage, prefix: str, dest: Path) -> Path:
