@@ -108,6 +108,19 @@ def inference_endpoint_from_env() -> InferenceEndpoint:
     )
 
 
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """`LLM_ASSETS_EXECUTOR=k8s`: every step in its own Kubernetes Job (dagster-k8s; per-step GPU config in
+    deploy/k8s/executor.yaml). Unset or `default`: Dagster's default (steps as processes of the run)."""
+    name = os.environ.get("LLM_ASSETS_EXECUTOR", "default").lower()
+    if name == "default":
+        return None
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(f"LLM_ASSETS_EXECUTOR={name!r} is not an executor; use 'default' or 'k8s'")
+
+
 def build_definitions() -> dg.Definitions:
     stages = dg.Definitions.merge(
         ingestion_definitions(),
@@ -129,7 +142,8 @@ def build_definitions() -> dg.Definitions:
                 "alerts": AlertsResource(
                     backend="webhook" if os.environ.get("LLM_ASSETS_ALERTS") == "webhook" else "log"
                 ),
-            }
+            },
+            executor=executor_from_env(),
         ),
     )
 
