@@ -47,6 +47,7 @@ lint: $(STAMP)
 
 test: lint $(VLLM_STAMP)
 	scripts/ensure_chromium.sh
+	scripts/ensure_postgres.sh
 	$(BIN)/python -m pytest
 
 # Forget every run and every lake object of the embedded default (the sample corpus stays in the package).

@@ -7,6 +7,10 @@ from llm_assets.defs.ingestion.assets import raw_corpus
 from llm_assets.defs.training.adaptation import cpt_model, lora_adapter
 from llm_assets.defs.training.assets import sft_dataset
 
+# Runs that train or score a model hold a GPU node on a cluster: the production instance caps them by this tag
+# (deploy/dagster.yaml, concurrency.runs.tag_concurrency_limits).
+GPU_RUN_TAGS = {"llm_assets/gpu": "1"}
+
 CORPUS_PIPELINE_JOB = "corpus_pipeline"
 CURATION_JOB = "corpus_curation"
 SFT_JOB = "task_adaptation"
@@ -31,6 +35,7 @@ corpus_curation_job = dg.define_asset_job(
     CURATION_JOB,
     selection=GLOBAL_CURATION,
     description="Deduplicate across sources, filter by quality and perplexity, build curated splits.",
+    tags=GPU_RUN_TAGS,
 )
 
 # Per task (partitioned by task): the SFT data set with its manifest, then the LoRA adapter trained on it.
@@ -38,16 +43,23 @@ task_adaptation_job = dg.define_asset_job(
     SFT_JOB,
     selection=PER_TASK,
     description="Build a task's SFT data set (prompt/completion and chat messages) and train its LoRA adapter.",
+    tags=GPU_RUN_TAGS,
 )
 
 # One training asset each, for `llm-assets train` and the Launchpad: the config is the asset's own.
 CPT_JOB = "continued_pretraining"
 LORA_JOB = "lora_sft"
 continued_pretraining_job = dg.define_asset_job(
-    CPT_JOB, selection=dg.AssetSelection.assets(cpt_model), description="Continued pre-training of the base model."
+    CPT_JOB,
+    selection=dg.AssetSelection.assets(cpt_model),
+    description="Continued pre-training of the base model.",
+    tags=GPU_RUN_TAGS,
 )
 lora_sft_job = dg.define_asset_job(
-    LORA_JOB, selection=dg.AssetSelection.assets(lora_adapter), description="Train one task's LoRA adapter."
+    LORA_JOB,
+    selection=dg.AssetSelection.assets(lora_adapter),
+    description="Train one task's LoRA adapter.",
+    tags=GPU_RUN_TAGS,
 )
 
 # The eval sets, after the SFT sets they are decontaminated against.

@@ -23,6 +23,7 @@ from llm_assets.curation.quality import identify_languages
 from llm_assets.defs.audit_trail import record_materialization
 from llm_assets.defs.curation.assets import code_version_of
 from llm_assets.defs.evaluation.reports import eval_report
+from llm_assets.defs.jobs import GPU_RUN_TAGS
 from llm_assets.defs.monitoring.alerting import run_failure_alerts
 from llm_assets.defs.monitoring.assets import (
     MONITORING_SAMPLES_JOB,
@@ -197,6 +198,7 @@ retraining_job = dg.define_asset_job(
     RETRAINING_JOB,
     selection=dg.AssetSelection.assets(sft_dataset, lora_adapter, eval_report, registered_model),
     description="Retrain one task: SFT set -> LoRA adapter -> eval report with gates -> registered candidate.",
+    tags=GPU_RUN_TAGS,
 )
 
 

@@ -37,6 +37,8 @@ from llm_assets.training.mixing import MixtureConfig, MixtureError, mix, paralle
 CPT_PREFIX = "models/cpt"
 ADAPTER_PREFIX = "models/adapters"
 CHECKPOINT_PREFIX = "checkpoints"
+# Training steps hold a GPU on a cluster: they share the `gpu` concurrency pool (limit in deploy/dagster.yaml).
+GPU_POOL = "gpu"
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -225,6 +227,7 @@ def cpt_data(records: list[dict[str, Any]], config: CptAssetConfig) -> tuple[lis
 
 @dg.asset(
     deps=[base_model, curated_corpus],
+    pool=GPU_POOL,
     group_name="training",
     code_version="cpt_model-v1",
     automation_condition=dg.AutomationCondition.eager(),
@@ -445,6 +448,7 @@ def eos_gate(result: Mapping[str, Any], min_stop_share: float = 1.0) -> tuple[bo
 
 @dg.asset(
     deps=[cpt_model, sft_dataset],
+    pool=GPU_POOL,
     partitions_def=SFT_TASKS,
     group_name="training",
     code_version="lora_adapter-v1",
@@ -629,6 +633,7 @@ class SweepTrialConfig(dg.Config):
 
 @dg.asset(
     deps=[cpt_model, sft_dataset],
+    pool=GPU_POOL,
     partitions_def=SWEEP_TRIALS,
     group_name="training",
     code_version="lora_sweep_trial-v1",
@@ -764,6 +769,7 @@ class DpoAdapterConfig(dg.Config):
 
 @dg.asset(
     deps=[lora_adapter],
+    pool=GPU_POOL,
     group_name="training",
     code_version="dpo_adapter-v1",
     kinds={"pytorch"},
