@@ -105,6 +105,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         run = subprocess.run([str(cli), "demo"], env=env, capture_output=True, text=True, timeout=2300)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         _assert_demo_outputs(run.stdout, tmp_path, env, cli)
+        # The Dagster UI on the demo's instance, in a real browser: graph, checks tab, a metadata plot.
+        from llm_assets_tests.ui_browser import check_dagster_ui
+
+        shots = check_dagster_ui(env, cli, free_port(), tmp_path / "chromium-profile")
+        assert len(shots) == 4 and all(shot.stat().st_size > 10_000 for shot in shots)
     finally:
         subprocess.run([str(cli), "serve", "stop"], env=env, capture_output=True, text=True, timeout=120)
 
