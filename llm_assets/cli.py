@@ -132,6 +132,9 @@ def demo() -> None:
             quality_runs = _demo_deployed_eval(storage)
             runs.extend(quality_runs)
             _print_runs(quality_runs)
+            compliance_run = _demo_compliance()
+            runs.append(compliance_run)
+            _print_runs([compliance_run])
     verification = AuditLog(storage).verify()
     click.echo("")
     click.echo(f"Audit trail: {verification.records} records, {'intact' if verification.ok else 'BROKEN'}")
@@ -198,6 +201,18 @@ def _demo_samples(storage: Any) -> Any:
 
     with dg.DagsterInstance.get() as instance:
         return collect_production_samples(defs, instance, storage, log=click.echo)
+
+
+def _demo_compliance() -> Any:
+    import dagster as dg
+
+    from llm_assets.definitions import defs
+    from llm_assets.defs.compliance.lineage import COMPLIANCE_JOB
+    from llm_assets.defs.launch import execute
+
+    click.echo(f"{COMPLIANCE_JOB}: lineage reports of the registered models ...")
+    with dg.DagsterInstance.get() as instance:
+        return execute(defs, instance, COMPLIANCE_JOB, None)
 
 
 def _demo_deployed_eval(storage: Any) -> list[Any]:
@@ -746,3 +761,11 @@ def loadtest(
 
 def _s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.3f}"
+
+
+# Compliance commands live with their module; they only read the lake (a read-only user can run them).
+from llm_assets.compliance.lineage_cli import lineage  # noqa: E402
+from llm_assets.compliance.tco_cli import tco  # noqa: E402
+
+main.add_command(lineage)
+main.add_command(tco)

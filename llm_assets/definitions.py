@@ -10,6 +10,8 @@ import os
 
 import dagster as dg
 
+from llm_assets.defs.compliance.lineage import compliance_lineage_definitions
+from llm_assets.defs.compliance.tco import tco_definitions
 from llm_assets.defs.curation.definitions import curation_definitions
 from llm_assets.defs.evaluation.definitions import evaluation_definitions
 from llm_assets.defs.ingestion.definitions import ingestion_definitions
@@ -130,6 +132,8 @@ def build_definitions() -> dg.Definitions:
         registry_definitions(),
         serving_definitions(),
         monitoring_definitions(),
+        compliance_lineage_definitions(),
+        tco_definitions(),
     )
     return dg.Definitions.merge(
         stages,

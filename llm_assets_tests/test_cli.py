@@ -155,6 +155,13 @@ def _assert_demo_outputs(stdout: str, tmp_path: Path, env: dict[str, str], cli: 
     rescored = next(line for line in lines if "deployed_model_eval" in line and "at registration" in line)
     test_score, registered = re.search(r"test exact_match ([\d.]+) \(at registration ([\d.]+)\)", rescored).groups()
     assert test_score == registered, rescored
+    # Compliance: the registered adapter's lineage report names its sources, licences, policy, gates, approval.
+    assert any("compliance_report" in line and "banking77_intents" in line for line in lines), stdout
+    reports = list((tmp_path / "home" / ".lake" / "compliance" / "reports" / "banking77_intents").rglob("report.md"))
+    assert reports, "a compliance report for the registered adapter"
+    text = reports[0].read_text()
+    for fact in ("banking77", "CC-BY-4.0", "greek_laws", "default@", "business_score", "pii_leak", "llm-assets demo"):
+        assert fact in text, fact
     # Feedback through the gateway: a correction is accepted (201) and lands redacted in the lake's inbox.
     correction = {
         "model": "banking77_intents",

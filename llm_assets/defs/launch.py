@@ -114,6 +114,9 @@ def _headline(metadata: Mapping[str, Any]) -> str:
             f"deployed version: test {metadata['metric'].value} {metadata['test_score'].value:.3f} (at registration "
             f"{at}); {metadata['labelled_rows'].value} labelled production prompts: {metadata['verdict'].value}"
         )
+    reports = metadata.get("reports")
+    if reports is not None and "gaps" in metadata:
+        return f"lineage reports: {', '.join(sorted(reports.value)) or 'none'} ({metadata['gaps'].value} gaps noted)"
     verdicts = metadata.get("verdicts")
     if verdicts is not None:
         return "drift: " + (", ".join(f"{m} {v}" for m, v in verdicts.value.items()) or "no sampled traffic")

@@ -1,0 +1,1 @@
+"""Compliance and cost: lineage reports, residency, erasure impact, TCO."""
