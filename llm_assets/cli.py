@@ -764,8 +764,10 @@ def _s(seconds: float | None) -> str:
 
 
 # Compliance commands live with their module; they only read the lake (a read-only user can run them).
+from llm_assets.compliance.erasure_cli import erasure_impact_command  # noqa: E402
 from llm_assets.compliance.lineage_cli import lineage  # noqa: E402
 from llm_assets.compliance.tco_cli import tco  # noqa: E402
 
 main.add_command(lineage)
 main.add_command(tco)
+main.add_command(erasure_impact_command)

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_assets.compliance.exclusions import excluded_ids, withhold_excluded
 from llm_assets.ingestion.descriptor import IngestError, SourceDescriptor
 from llm_assets.ingestion.landing import LandingSource, scan_landing
-from llm_assets.ingestion.readers import iter_source_files
+from llm_assets.ingestion.readers import STAGE, iter_source_files
 from llm_assets.lake import DatasetManifest, LakeStorage, ShardWriter
 from llm_assets.schemas import RECORD_SCHEMA, REJECT_SCHEMA
 
@@ -79,8 +80,12 @@ def ingest_source(
     max_rows_per_shard: int = 50_000,
     progress: Callable[[str], Any] = log.info,
 ) -> IngestRun:
-    """Every file of the landed source read into records or rejects; both datasets committed atomically."""
+    """Every file of the landed source read into records or rejects; both datasets committed atomically.
+
+    Records on the erasure exclusion list (`llm_assets.compliance.exclusions`) become rejects too.
+    """
     landing = landing_source(storage, source)
+    excluded = excluded_ids(storage)
     descriptor = landing.descriptor
     assert descriptor is not None
     file_hashes: dict[str, str] = {}
@@ -95,12 +100,14 @@ def ingest_source(
     ):
         outcomes = iter_source_files(_loaders(storage, landing, file_hashes), descriptor, max_file_bytes=max_file_bytes)
         for done, outcome in enumerate(outcomes, start=1):
-            records.write(outcome.records)
-            rejects.write(outcome.rejects)
+            kept_rows, withheld = withhold_excluded(outcome.records, excluded, stage=STAGE)
+            rejected_rows = [*outcome.rejects, *withheld]
+            records.write(kept_rows)
+            rejects.write(rejected_rows)
             units += outcome.units
-            kept += len(outcome.records)
-            rejected += len(outcome.rejects)
-            by_rule.update(r["rule"] for r in outcome.rejects)
+            kept += len(kept_rows)
+            rejected += len(rejected_rows)
+            by_rule.update(r["rule"] for r in rejected_rows)
             progress(
                 f"{source}: file {done}/{len(landing.files)} read; {kept} records, {rejected} rejects "
                 f"({units / max(time.monotonic() - started, 1e-9):.0f} units/s)"

@@ -76,7 +76,7 @@ def test_raw_corpus_writes_audit_records_and_stable_data_version(instance, lake,
     assert events.count("materialization") == 2 and events.count("check") == 4
     mat = next(r for r in log.records() if r["event"] == "materialization")
     assert mat["asset_key"] == "raw_corpus" and mat["partition"] == "gazette"
-    assert mat["run_id"] == first.run_id and mat["code_version"] == "raw_corpus-v1"
+    assert mat["run_id"] == first.run_id and mat["code_version"] == "raw_corpus-v2"
     assert mat["input_data_versions"]["landing/gazette"]
     assert mat["counts"] == {"files": 6, "units": 12, "records": 7, "rejects": 5}
     assert mat["who"]["user"]

@@ -11,7 +11,7 @@ from llm_assets.ingestion.run import RAW_CORPUS, RAW_CORPUS_REJECTS, ingest_sour
 from llm_assets.lake import LakeStorage, iter_shards, read_manifest
 from llm_assets.resources.lake import LakeResource
 
-RAW_CORPUS_CODE_VERSION = "raw_corpus-v1"
+RAW_CORPUS_CODE_VERSION = "raw_corpus-v2"  # v2: honours the erasure exclusion list
 
 
 class RawCorpusConfig(dg.Config):

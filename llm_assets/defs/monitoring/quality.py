@@ -131,6 +131,7 @@ def deployed_model_eval(
     data = current_pointer(storage, f"{SFT_PREFIX}/{task}")
     test_lines = storage.read_bytes(f"{data['prefix']}/test.prompt_completion.jsonl").splitlines()
     test = [json.loads(line) for line in test_lines if line.strip()]
+    sft_version = json.loads(storage.read_bytes(f"{data['prefix']}/manifest.json"))["version"]
     labelled = labelled_production_rows(storage, task, config.max_labelled)
     served = f"{ADAPTER_PREFIX}/{task}/{entry.version[:16]}"
     try:
@@ -161,6 +162,7 @@ def deployed_model_eval(
         "test_score": test_score,
         "test_rows": len(test),
         "sft_data_prefix": data["prefix"],
+        "sft_data_version": sft_version,
         "production_score": production,
         "labelled_rows": len(labelled),
         "max_drop": config.max_drop,
@@ -179,7 +181,7 @@ def deployed_model_eval(
         context,
         storage,
         code_version=code_version_of(context),
-        input_data_versions={"deployed": entry.version, f"sft_dataset/{task}": data.get("version", data["prefix"])}
+        input_data_versions={f"registered_model/{task}": entry.version, f"sft_dataset/{task}": sft_version}
         | ({"feedback_examples": hashlib.sha256(json.dumps(labelled).encode()).hexdigest()} if labelled else {}),
         output_data_version=version,
         counts={"test_rows": len(test), "labelled_rows": len(labelled)},
