@@ -9,6 +9,7 @@ DAGSTER_PG_PASSWORD); `make test` makes sure it is up. These tests fail, never s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -141,6 +142,7 @@ def test_sensor_tick_two_concurrent_runs_and_a_killed_daemon(production_home: di
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         daemon = _start_daemon(env, log)
+        killed: subprocess.Popen[bytes] | None = None
         try:
             # The landing sensor (on by default) ticks, registers both sources and requests a run for each.
             _wait(
@@ -164,7 +166,7 @@ def test_sensor_tick_two_concurrent_runs_and_a_killed_daemon(production_home: di
             # SIGKILL: no shutdown hook runs, the daemon's heartbeats stop mid-way.
             os.kill(daemon.pid, signal.SIGKILL)
             daemon.wait(30)
-            daemon = _start_daemon(env, log)
+            killed, daemon = daemon, _start_daemon(env, log)
             _wait(
                 "both runs finished",
                 lambda: all(instance.get_run_by_id(r.run_id).is_finished for r in runs),
@@ -179,7 +181,10 @@ def test_sensor_tick_two_concurrent_runs_and_a_killed_daemon(production_home: di
                 },
             )
         finally:
-            os.killpg(daemon.pid, signal.SIGKILL)
+            # The killed daemon's code server and run workers live on in its process group: end them too.
+            for group in [daemon] + ([killed] if killed is not None else []):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group.pid, signal.SIGKILL)
             daemon.wait(30)
         for run in runs:
             final = instance.get_run_by_id(run.run_id)
@@ -204,7 +209,7 @@ def test_sensor_tick_two_concurrent_runs_and_a_killed_daemon(production_home: di
 def test_curation_assets_materialize_into_the_postgres_instance(production_home: dict[str, str]) -> None:
     """Global curation (dedup -> quality -> perplexity -> curated corpus) with its blocking checks, in process,
     recorded in Postgres: materialisations, check evaluations and data versions are queryable afterwards."""
-    from llm_assets.definitions import defs
+    from llm_assets.definitions import build_definitions
     from llm_assets.defs.launch import execute, register_landed_sources
     from llm_assets.lake import LocalLakeStorage
     from llm_assets.paths import local_lake_root
@@ -213,6 +218,7 @@ def test_curation_assets_materialize_into_the_postgres_instance(production_home:
     for source in ("udhr", "banking77"):
         _cli(env, "ingest", str(sample_corpus_dir() / source), "--stage-only")
     storage = LocalLakeStorage(local_lake_root())
+    defs = build_definitions()  # the lake resource is resolved from the environment set above
     with dg.DagsterInstance.get() as instance:
         valid, problems = register_landed_sources(instance, storage)
         assert sorted(valid) == ["banking77", "udhr"] and not problems
