@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The pure modules are type-checked; Dagster wiring is covered by tests.
-MYPY_TARGETS := llm_assets/lake llm_assets/ingestion llm_assets/curation llm_assets/audit.py llm_assets/schemas.py llm_assets/paths.py llm_assets/plots.py llm_assets/training llm_assets/evaluation llm_assets/serving llm_assets/registry llm_assets/monitoring llm_assets/compliance/tco.py llm_assets/compliance/lineage.py llm_assets/compliance/erasure.py llm_assets/compliance/exclusions.py
+MYPY_TARGETS := llm_assets/lake llm_assets/ingestion llm_assets/curation llm_assets/audit.py llm_assets/schemas.py llm_assets/paths.py llm_assets/plots.py llm_assets/training llm_assets/evaluation llm_assets/serving llm_assets/registry llm_assets/monitoring llm_assets/compliance/tco.py llm_assets/compliance/lineage.py llm_assets/compliance/erasure.py llm_assets/compliance/exclusions.py llm_assets/compliance/residency.py
 
 .PHONY: demo test ui install vllm lint clean-state
 

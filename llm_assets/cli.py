@@ -83,14 +83,15 @@ def _print_runs(runs: list[Any]) -> None:
             click.echo(f"    error: {run.error}")
 
 
-def _run_pipeline(sources: list[str] | None) -> list[Any]:
+def _run_pipeline(sources: list[str] | None, *, data_only: bool = False) -> list[Any]:
     import dagster as dg
 
-    from llm_assets.definitions import defs
-    from llm_assets.defs.launch import register_landed_sources, run_corpus_pipeline
+    from llm_assets.definitions import build_definitions
+    from llm_assets.defs.launch import register_landed_sources, run_corpus_pipeline, run_data_rebuild
     from llm_assets.instance import ensure_dagster_home
 
     ensure_dagster_home()
+    defs = build_definitions()  # from the environment as it is now (lake, residency policy)
     storage = _lake_storage()
     with dg.DagsterInstance.get() as instance:
         valid, problems = register_landed_sources(instance, storage)
@@ -99,6 +100,8 @@ def _run_pipeline(sources: list[str] | None) -> list[Any]:
         targets = valid if sources is None else [s for s in sources if s in valid]
         if not targets:
             raise UserError(f"no valid source under {storage.uri('landing/')}: stage one with `llm-assets ingest`")
+        if data_only:
+            return run_data_rebuild(defs, instance, targets, log=click.echo)
         return run_corpus_pipeline(defs, instance, targets, log=click.echo)
 
 

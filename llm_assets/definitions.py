@@ -11,6 +11,7 @@ import os
 import dagster as dg
 
 from llm_assets.defs.compliance.lineage import compliance_lineage_definitions
+from llm_assets.defs.compliance.residency import residency_checks
 from llm_assets.defs.compliance.tco import tco_definitions
 from llm_assets.defs.curation.definitions import curation_definitions
 from llm_assets.defs.evaluation.definitions import evaluation_definitions
@@ -22,6 +23,7 @@ from llm_assets.defs.training.definitions import training_definitions
 from llm_assets.resources.alerts import AlertsResource
 from llm_assets.resources.endpoint import InferenceEndpoint
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
+from llm_assets.resources.residency import ResidencyResource
 from llm_assets.resources.training_compute import (
     K8sBackendConfig,
     S3StagingConfig,
@@ -135,13 +137,22 @@ def build_definitions() -> dg.Definitions:
         compliance_lineage_definitions(),
         tco_definitions(),
     )
+    materialised = {
+        key
+        for item in stages.assets or []
+        if isinstance(item, dg.AssetsDefinition) and item.is_materializable
+        for key in item.keys
+    }
     return dg.Definitions.merge(
         stages,
         dg.Definitions(
+            asset_checks=residency_checks(materialised),
             resources={
                 "lake": lake_resource_from_env(),
                 "training_compute": training_compute_from_env(),
                 "inference_endpoint": inference_endpoint_from_env(),
+                # A bundled policy name (local, eu-sovereign) or a policy YAML file.
+                "residency": ResidencyResource(policy=os.environ.get("LLM_ASSETS_RESIDENCY_POLICY", "local")),
                 # LLM_ASSETS_ALERTS=webhook posts to the URL in $LLM_ASSETS_ALERT_WEBHOOK_URL; default: the log.
                 "alerts": AlertsResource(
                     backend="webhook" if os.environ.get("LLM_ASSETS_ALERTS") == "webhook" else "log"

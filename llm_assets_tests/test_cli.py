@@ -162,6 +162,10 @@ def _assert_demo_outputs(stdout: str, tmp_path: Path, env: dict[str, str], cli: 
     text = reports[0].read_text()
     for fact in ("banking77", "CC-BY-4.0", "greek_laws", "default@", "business_score", "pii_leak", "llm-assets demo"):
         assert fact in text, fact
+    # Residency: every version in the chain was attested and passed the default (local) policy.
+    where = text.split("## Where data was stored and computed", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in where.splitlines() if line.startswith("| ") and "file://" in line]
+    assert rows and all(line.rstrip(" |").endswith("PASS") for line in rows), where
     # Feedback through the gateway: a correction is accepted (201) and lands redacted in the lake's inbox.
     correction = {
         "model": "banking77_intents",

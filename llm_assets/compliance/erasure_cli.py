@@ -36,7 +36,12 @@ def _one_line(exc: Exception) -> str:
 @click.option("--with-duplicates", is_flag=True, help="With --exclude: also exclude dedup duplicates of them.")
 @click.option("--reason", help="Why (e.g. the request reference); required with --exclude.")
 @click.option("--by", "by", help="Who asked for it; required with --exclude.")
-@click.option("--rebuild", is_flag=True, help="With --exclude: run the affected sources' pipeline again now.")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="With --exclude: rebuild the data now (the affected sources' pipeline, then the curation assets); "
+    "model stages are printed as steps: they retrain on GPUs and need a new approval.",
+)
 def erasure_impact_command(
     doc_id: str | None,
     person_hash: str | None,
@@ -102,7 +107,12 @@ def erasure_impact_command(
     if rebuild:
         from llm_assets.cli import _print_runs, _run_pipeline
 
-        runs = _run_pipeline(doc["rebuild"]["sources"])
+        runs = _run_pipeline(doc["rebuild"]["sources"], data_only=True)
         _print_runs(runs)
         if not all(run.success for run in runs):
             raise SystemExit(1)
+        click.echo(
+            "data assets rebuilt without the document(s); the model stages (corpus_curation's tokenizer, base and "
+            "continued-pretraining models, then the steps after it) retrain when you run those steps",
+            err=True,
+        )

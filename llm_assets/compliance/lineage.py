@@ -157,6 +157,14 @@ LINEAGE_SCHEMA: dict[str, Any] = {
                     "counts": _COUNTS,
                     "config_hash": {"type": "string"},
                     "storage": {"type": "object"},
+                    "residency": {
+                        "type": "object",
+                        "properties": {
+                            "storage": {"type": "object"},
+                            "compute": {"type": "object"},
+                            "egress": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
                     "audit_seq": {"type": "integer"},
                     "checks": {
                         "type": "array",
@@ -421,6 +429,7 @@ class _Walk:
             "counts": dict(record.get("counts") or {}),
             "config_hash": str(record.get("config_hash") or NOT_RECORDED),
             "storage": dict(record.get("storage") or {}),
+            "residency": dict(record.get("residency") or {}),
             "audit_seq": int(record["seq"]),
             "checks": self._checks(record),
             "inputs": [],
@@ -845,7 +854,8 @@ def build_lineage(
 
 
 def missing_links(doc: Mapping[str, Any]) -> list[str]:
-    """Links a deployed model's lineage must have: licensed sources, a PII policy, gate results, an approval."""
+    """Links a deployed model's lineage must have: licensed sources, a PII policy, gate results, an approval,
+    and no version in the chain that failed its residency check."""
     missing = []
     if not doc["sources"]:
         missing.append("no raw source in the chain")
@@ -857,6 +867,12 @@ def missing_links(doc: Mapping[str, Any]) -> list[str]:
         missing.append("no PII policy recorded")
     if not any(e["gates"] for e in doc["evaluation"]) and not any(r["gates"] for r in doc["registry"]):
         missing.append("no gate results recorded")
+    for node in doc["nodes"]:
+        failed = [c for c in node["checks"] if c["name"] == "residency_compliant" and not c["passed"]]
+        if failed:
+            missing.append(
+                f"{node['id']}: residency check failed ({'; '.join(failed[0]['figures'].get('violations', []))})"
+            )
     return missing
 
 
@@ -1125,8 +1141,47 @@ def _sections(doc: Mapping[str, Any]) -> list[_Section]:
             ],
         )
     )
+    sections.append(
+        _Section(
+            "Where data was stored and computed",
+            header=[
+                "asset",
+                "partition",
+                "storage",
+                "storage region",
+                "KMS key",
+                "compute",
+                "hosts contacted",
+                "residency",
+            ],
+            rows=[_residency_row(n) for n in doc["nodes"]],
+        )
+    )
     sections.append(_Section("Gaps in the record", items=list(doc["gaps"]) or ["none"]))
     return sections
+
+
+def _residency_row(node: Mapping[str, Any]) -> list[str]:
+    facts = node.get("residency") or {}
+    storage = facts.get("storage") or {}
+    compute = facts.get("compute") or {}
+    places = [compute, *compute.get("remote", [])] if compute else []
+    where = "; ".join(f"{p.get('backend', '?')} in {p.get('region') or '?'}" for p in places)
+    hosts = ", ".join(e.get("host", "?") for e in facts.get("egress") or []) or "none"
+    verdict = [c for c in node["checks"] if c["name"] == "residency_compliant"]
+    check = ("PASS" if verdict[0]["passed"] else "FAIL") if verdict else "not run"
+    if not facts:
+        return [node["asset"], _fmt(node["partition"]), "not recorded", "", "", "", "", check]
+    return [
+        node["asset"],
+        _fmt(node["partition"]),
+        str(storage.get("uri") or "?"),
+        str(storage.get("region") or "?"),
+        str(storage.get("kms_key_id") or "none"),
+        where,
+        hosts,
+        check,
+    ]
 
 
 def _md_cell(text: str) -> str:

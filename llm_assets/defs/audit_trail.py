@@ -16,7 +16,10 @@ from typing import Any
 import dagster as dg
 
 from llm_assets.audit import AuditLog
+from llm_assets.compliance.residency import attestation
 from llm_assets.lake import LakeStorage
+
+RESIDENCY_METADATA_KEY = "residency/attestation"
 
 
 def config_hash(*parts: Any) -> str:
@@ -42,6 +45,13 @@ def record_materialization(
     counts: Mapping[str, int],
     config: Any,
 ) -> dict[str, Any]:
+    """Appends the materialisation's audit record, with its residency attestation (where it stored, where it
+    computed, which hosts it contacted), which also goes into the asset's metadata for the residency check."""
+    facts = attestation(storage.describe_location())
+    context.add_asset_metadata(
+        {RESIDENCY_METADATA_KEY: dg.MetadataValue.json(facts)},
+        partition_key=context.partition_key if context.has_partition_key else None,
+    )
     return AuditLog(storage).append(
         {
             "event": "materialization",
@@ -54,6 +64,7 @@ def record_materialization(
             "counts": dict(counts),
             "config_hash": config_hash(config, storage.describe_location()),
             "storage": storage.describe_location(),
+            "residency": facts,
             "who": run_identity(context),
         }
     )

@@ -134,8 +134,10 @@ def execute(
     partition: str | None,
     log_level: str = "INFO",
     ops_config: dict[str, Any] | None = None,
+    asset_selection: Sequence[dg.AssetKey] | None = None,
 ) -> PartitionRun:
-    """Executes one job (one partition, or unpartitioned) in process, recording into `instance`."""
+    """Executes one job (one partition, or unpartitioned; optionally only some of its assets) in process,
+    recording into `instance`."""
     job = defs.resolve_job_def(job_name)
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if ops_config:
@@ -146,6 +148,7 @@ def execute(
         raise_on_error=False,
         tags={"llm_assets/trigger": "cli"},
         run_config=run_config,
+        asset_selection=asset_selection,
     )
     run = PartitionRun(partition or "(all sources)", result.run_id, result.success, error=_first_error(result))
     for event in result.get_asset_materialization_events():
@@ -170,6 +173,28 @@ def execute(
             )
         )
     return run
+
+
+def run_data_rebuild(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    partitions: Sequence[str],
+    log: Callable[[str], Any] = print,
+) -> list[PartitionRun]:
+    """An erasure rebuild's data part: each affected source's pipeline, then the corpus-wide curation assets
+    (group `curation`). Model stages (tokenizer, continued pretraining, adapters) are left to the operator:
+    they retrain on GPUs and need a new approval, so the rebuild plan lists them instead."""
+    runs: list[PartitionRun] = []
+    for number, partition in enumerate(partitions, start=1):
+        log(f"[{number}/{len(partitions)}] {CORPUS_PIPELINE_JOB} for source '{partition}' ...")
+        runs.append(execute(defs, instance, CORPUS_PIPELINE_JOB, partition))
+    if runs and all(run.success for run in runs):
+        graph = defs.resolve_asset_graph()
+        job = defs.resolve_job_def(CURATION_JOB)
+        data = [key for key in job.asset_layer.selected_asset_keys if graph.get(key).group_name == "curation"]
+        log(f"{CURATION_JOB} over all sources (data assets only: {', '.join(k.to_user_string() for k in data)}) ...")
+        runs.append(execute(defs, instance, CURATION_JOB, None, asset_selection=data))
+    return runs
 
 
 def run_corpus_pipeline(

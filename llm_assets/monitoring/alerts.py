@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from llm_assets.compliance.residency import note_egress
+
 Severity = Literal["info", "warning", "critical"]
 
 _log = logging.getLogger("llm_assets.alerts")
@@ -68,6 +70,7 @@ class WebhookAlertSink:
         return f"{parsed.scheme}://{parsed.host}"
 
     def send(self, alert: Alert) -> None:
+        note_egress(self.url, "alert_webhook")
         try:
             with httpx.Client(timeout=self.timeout_s, transport=self.transport, trust_env=False) as client:
                 response = client.post(self.url, json=alert.payload())

@@ -2,6 +2,7 @@
 
 from llm_assets.resources.endpoint import EndpointError, InferenceEndpoint
 from llm_assets.resources.lake import LakeResource, LocalLakeResource, S3LakeResource
+from llm_assets.resources.residency import ResidencyResource
 from llm_assets.resources.training_compute import TrainingCompute
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "InferenceEndpoint",
     "LakeResource",
     "LocalLakeResource",
+    "ResidencyResource",
     "S3LakeResource",
     "TrainingCompute",
 ]

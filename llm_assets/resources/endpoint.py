@@ -22,6 +22,8 @@ import dagster as dg
 import httpx
 from pydantic import Field, field_validator
 
+from llm_assets.compliance.residency import note_egress
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_BACKOFF_S = 8.0
 
@@ -184,6 +186,7 @@ class InferenceEndpoint(dg.ConfigurableResource):
         self, method: str, url: str, *, json_body: Mapping[str, Any] | None = None, expect_json: bool = True
     ) -> dict[str, Any]:
         headers = self._headers()
+        note_egress(url, "inference_endpoint")
         attempts = self.max_retries + 1
         retry_reason = ""
         for attempt in range(1, attempts + 1):

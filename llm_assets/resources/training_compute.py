@@ -27,6 +27,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
+from llm_assets.compliance.residency import note_egress, note_remote_compute
 from llm_assets.training.launch_specs import (
     K8sTrainerSettings,
     SageMakerTrainingSettings,
@@ -119,6 +120,10 @@ class TrainingCompute(dg.ConfigurableResource):
         output_dir.mkdir(parents=True, exist_ok=True)
         if self.backend == "in_process":
             return self._run_in_process(context, spec, channels, output_dir, checkpoint_dir, checkpoint_mirror)
+        staging = self._staging()
+        region = staging.region or os.environ.get("AWS_REGION", "")
+        note_remote_compute(self.backend, region, job=job_name)
+        note_egress(staging.endpoint_url or f"https://s3.{region}.amazonaws.com", "training_staging")
         if self.backend == "k8s":
             return self._run_k8s(context, job_name, spec, channels, output_dir)
         return self._run_sagemaker(context, job_name, spec, channels, output_dir)

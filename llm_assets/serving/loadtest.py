@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from llm_assets.compliance.residency import note_egress
+
 PROMPT_SET_VERSION = "canary-v1"
 PROMPTS_RESOURCE = "canary_prompts_v1.jsonl"
 REPORT_SCHEMA = "loadtest-report-v1"
@@ -502,6 +504,7 @@ async def _run(
 ) -> tuple[float, list[RequestRecord], list[dict[str, Any]], bool]:
     """(wall seconds, all records, per-level summaries, whether the deadline cut the run short)."""
     widest = max(level.concurrency for level in levels)
+    note_egress(base_url, "load_test")
     # no httpx timeout: run_level bounds each whole request with asyncio.timeout(request_timeout_s);
     # trust_env=False: a proxy from the environment would distort every latency measured
     async with httpx.AsyncClient(

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import pydantic
 from pydantic import Field
 
+from llm_assets.compliance.residency import note_remote_compute
+
 VARIANT_NAME = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:inference-component:DesiredCopyCount"
 # build_requests cannot know the step policy's ARN; deploy() puts the real one where this stands.
@@ -314,6 +316,7 @@ def deploy(
     import boto3
 
     session = session or boto3.session.Session(region_name=config.region)
+    note_remote_compute("sagemaker_endpoint", config.region, endpoint=config.endpoint_name)
     requests = build_requests(config)
     sagemaker = session.client("sagemaker")
     autoscaling = session.client("application-autoscaling")

@@ -320,3 +320,28 @@ def test_cli_json_and_errors(built, monkeypatch) -> None:  # type: ignore[no-unt
     missing = runner.invoke(erasure_impact_command, ["--doc-id", ids["kept"], "--exclude"])
     assert missing.exit_code == 2 and "--reason and --by" in missing.output
     assert not LocalLakeStorage(root).exists(EXCLUSIONS_KEY)
+
+
+def test_cli_rebuild_runs_the_affected_sources_pipeline_without_the_document(lake_copy, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`--exclude --rebuild`: the exclusion is recorded, then the affected source's pipeline and the corpus-wide
+    curation run again through the code location's jobs, and the document is gone from every kept dataset."""
+    storage = lake_copy
+    monkeypatch.setenv("LLM_ASSETS_LAKE", "local")
+    monkeypatch.setenv("LLM_ASSETS_LAKE_ROOT", str(storage.root))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    doc = erasure_impact(storage, doc_id=_rows(storage, pipeline.RAW, "dimos")[0]["id"])
+    (doc_id,) = doc["documents"]
+    result = CliRunner().invoke(
+        erasure_impact_command,
+        ["--doc-id", doc_id, "--exclude", "--rebuild", "--reason", "Art.17 #43", "--by", "DPO"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "corpus_pipeline for source 'dimos'" in result.output and "curation" in result.output
+    assert "FAILED" not in result.output
+    assert excluded_ids(storage) == {doc_id}
+    for dataset in (pipeline.RAW, pipeline.PII_SCRUBBED, pipeline.DEDUPLICATED, pipeline.CURATED):
+        assert doc_id not in {r["id"] for r in _rows(storage, dataset, "dimos")}, dataset
+    (reject,) = [r for r in _rows(storage, "raw_corpus_rejects", "dimos") if r["record_id"] == doc_id]
+    assert reject["rule"] == ERASURE_RULE
+    assert AuditLog(storage).verify().ok

@@ -19,6 +19,7 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
+from llm_assets.compliance.residency import note_egress
 from llm_assets.defs.audit_trail import record_materialization
 from llm_assets.defs.curation.assets import code_version_of
 from llm_assets.defs.registry.assets import registered_model
@@ -182,6 +183,7 @@ def local_spec(config: DeployedEndpointConfig, plans: list[dict[str, Any]], lake
 def _smoke(url: str, models: list[str], key: str) -> dict[str, Any]:
     """One short completion per model with the key, and proof that a request without it gets 401."""
     answers = {}
+    note_egress(url, "deployment_smoke_test")
     with httpx.Client(timeout=120) as client:
         for model in models:
             reply = client.post(
