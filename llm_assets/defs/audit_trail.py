@@ -20,6 +20,7 @@ from llm_assets.compliance.residency import attestation
 from llm_assets.lake import LakeStorage
 
 RESIDENCY_METADATA_KEY = "residency/attestation"
+AUDIT_VERSION_METADATA_KEY = "audit/output_data_version"
 
 
 def config_hash(*parts: Any) -> str:
@@ -49,7 +50,7 @@ def record_materialization(
     computed, which hosts it contacted), which also goes into the asset's metadata for the residency check."""
     facts = attestation(storage.describe_location())
     context.add_asset_metadata(
-        {RESIDENCY_METADATA_KEY: dg.MetadataValue.json(facts)},
+        {RESIDENCY_METADATA_KEY: dg.MetadataValue.json(facts), AUDIT_VERSION_METADATA_KEY: output_data_version},
         partition_key=context.partition_key if context.has_partition_key else None,
     )
     return AuditLog(storage).append(

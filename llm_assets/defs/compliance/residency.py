@@ -13,7 +13,7 @@ import dagster as dg
 
 from llm_assets.audit import AuditLog
 from llm_assets.compliance.residency import ResidencyError, verdict
-from llm_assets.defs.audit_trail import RESIDENCY_METADATA_KEY, run_identity
+from llm_assets.defs.audit_trail import AUDIT_VERSION_METADATA_KEY, RESIDENCY_METADATA_KEY, run_identity
 from llm_assets.resources.lake import LakeResource
 from llm_assets.resources.residency import ResidencyResource
 
@@ -32,7 +32,10 @@ def attestations_in_run(
             continue
         value = mat.metadata.get(RESIDENCY_METADATA_KEY)
         facts = value.value if isinstance(value, dg.JsonMetadataValue) else None
-        found.append((mat.partition, (mat.tags or {}).get("dagster/data_version"), facts))  # type: ignore[arg-type]
+        # The version the audit record names (some assets tag Dagster's data version with more, e.g. a status).
+        audited = mat.metadata.get(AUDIT_VERSION_METADATA_KEY)
+        version = str(audited.value) if audited is not None else (mat.tags or {}).get("dagster/data_version")
+        found.append((mat.partition, version, facts))  # type: ignore[arg-type]
     return found
 
 
