@@ -6,8 +6,11 @@ One run, one machine, the same input for everyone:
     5-gram Jaccard is recorded (`inject_duplicates`), written as Parquet shards of ~3.5 MB (id, text, source).
   * Each tool runs in its own subprocess (`--child TOOL`) reading those shards; the parent samples the RSS of
     the subprocess and all its descendants every 50 ms (peak = largest sum) and reads its CPU time (wait4).
-  * MB/s and docs/s are over the tool's own processing time (imports and interpreter start excluded);
-    MB/CPU-s is the same bytes over user+sys CPU seconds of the whole subprocess tree: the per-core rate.
+  * MB/s and docs/s are over the tool's own processing time (interpreter start and the tool's imports
+    excluded: they are imported before the clock starts); MB/CPU-s is the same bytes over user+sys CPU
+    seconds of the whole subprocess tree (start-up included): the per-core rate.
+  * Ours reads the shards twice (index, apply) and writes kept + rejects Parquet; the per-phase lines
+    split out that Parquet I/O, so "dedup work" is what the dedup code itself costs.
 
 Tools (threshold 0.8, 128 permutations, word 5-grams everywhere):
   ours-exact   DedupIndex(exact only): read shards -> add_batch -> resolve -> apply_plan -> write Parquet
@@ -29,11 +32,17 @@ sample of up to 1500 of) all drops: the share whose true J with the doc the tool
 (strict) or >= 0.7. Drops on the real corpus itself (natural duplicates) are in that sample too.
 
     .venv-bench/bin/python benchmarks/bench_dedup.py --mb 100 [--rss-scales 3] [--tools ours-near,rensa]
+
+.venv-bench/ (the peers, plus what ours imports, at the project's pins):
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install numpy==2.4.6 polars==2.1.0 pyarrow==26.0.1 \
+        pydantic==2.14.3 datasketch==2.0.0 rensa==0.5.0 datatrove==0.10.1 tokenizers orjson 'xxhash<4' \
+        regex spacy psutil
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -53,6 +62,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import pyarrow as pa  # noqa: E402
+import pyarrow.dataset  # noqa: E402  (pq.read_table imports it on first use: keep that out of the clock)
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.corpus import build_corpus, corpus_bytes, inject_duplicates, jaccard, shingles  # noqa: E402
@@ -78,6 +88,11 @@ def iter_docs(data: Path) -> Iterator[tuple[str, str]]:
 
 
 PHASES: dict[str, float] = {}
+IMPORTS = {
+    "datasketch": "datasketch",
+    "rensa": "rensa",
+    "datatrove": "datatrove.pipeline.dedup.minhash",
+}
 
 
 def run_ours(data: Path, work: Path, mode: str, workers: int, exact_pass: bool = True) -> dict[str, str]:
@@ -87,26 +102,38 @@ def run_ours(data: Path, work: Path, mode: str, workers: int, exact_pass: bool =
     out = work / "ours"
     out.mkdir(parents=True, exist_ok=True)
     clock = time.perf_counter()
+    PHASES["parquet_io"] = 0.0
 
     def phase(name: str) -> None:
         nonlocal clock
         PHASES[name] = time.perf_counter() - clock
         clock = time.perf_counter()
 
+    def read(path: Path) -> pa.Table:
+        started = time.perf_counter()
+        table = pq.read_table(path)
+        PHASES["parquet_io"] += time.perf_counter() - started
+        return table
+
+    def write(table: pa.Table, path: Path) -> None:
+        started = time.perf_counter()
+        pq.write_table(table, path)
+        PHASES["parquet_io"] += time.perf_counter() - started
+
     with DedupIndex(config, workers=workers) as index:
         for path in shard_files(data):
-            index.add_batch(pq.read_table(path), partition=path.stem)
+            index.add_batch(read(path), partition=path.stem)
         phase("index")
         if exact_pass and index.verification_ids():
             for path in shard_files(data):
-                index.add_shingle_sets(pq.read_table(path))
+                index.add_shingle_sets(read(path))
         phase("verify")
         plan = index.resolve()
         phase("resolve")
     for path in shard_files(data):
-        result = apply_plan(pq.read_table(path), plan)
-        pq.write_table(result.kept, out / f"{path.stem}.kept.parquet")
-        pq.write_table(result.rejects, out / f"{path.stem}.rejects.parquet")
+        result = apply_plan(read(path), plan)
+        write(result.kept, out / f"{path.stem}.kept.parquet")
+        write(result.rejects, out / f"{path.stem}.rejects.parquet")
     phase("apply")
     return {doc: kept for doc, (_, kept, _) in plan.drop_ids.items()}
 
@@ -248,6 +275,7 @@ def run_datatrove(data: Path, work: Path) -> dict[str, str]:
 
 
 def child(tool: str, data: Path, work: Path, result: Path) -> None:
+    importlib.import_module(IMPORTS.get(tool, "llm_assets.curation.dedup"))
     start = time.perf_counter()
     runners: dict[str, Callable[[], dict[str, str]]] = {
         "ours-exact": lambda: run_ours(data, work, "exact", 1),
@@ -433,14 +461,17 @@ def main() -> None:
 
     print(
         "\nours, by phase: index = read shards + normalise + hash (MB/s); verify = the optional extra read pass "
-        "for borderline pairs; apply = read + apply_plan + write (MB/s)"
+        "for borderline pairs; apply = read + apply_plan + write (MB/s); Parquet I/O = all reads and writes "
+        "(s); dedup work = the total without Parquet I/O (MB/s)"
     )
     for tool, row in rows.items():
         phases: dict[str, float] = row["phases"]
         if phases:
+            work_s = float(row["seconds"]) - phases["parquet_io"]
             print(
                 f"  {tool}: index {size / 1e6 / phases['index']:.1f} MB/s, verify {phases['verify']:.2f} s, "
-                f"resolve {phases['resolve']:.2f} s, apply {size / 1e6 / phases['apply']:.1f} MB/s"
+                f"resolve {phases['resolve']:.2f} s, apply {size / 1e6 / phases['apply']:.1f} MB/s, "
+                f"Parquet I/O {phases['parquet_io']:.2f} s, dedup work {size / 1e6 / work_s:.1f} MB/s"
             )
 
     scales = [float(s) for s in args.rss_scales.split(",") if s.strip()]

@@ -19,12 +19,15 @@ batches and `resolve(incremental=True)` never drops a frozen doc, and a new doc 
 its favour whatever the keep rule. Stored hashes depend only on `DedupConfig.signature_params()` (which
 includes this Python's Unicode version), and a frozen index refuses a config that would hash differently.
 
-Near-duplicate similarity is the MinHash estimate (128 permutations: about +-0.035 at J = 0.8), so pairs
-within a few hundredths of the threshold are decided by chance; `stats` and the cluster table carry the
-estimate so a reviewer can see how close a call was.
+Near-duplicate similarity is the MinHash estimate (128 permutations: about +-0.035 at J = 0.8); candidate
+pairs whose estimate lies within `exact_band` of the threshold are settled on exact shingle sets when the
+extra read pass (`verification_ids` / `add_shingle_sets`) is run, so no pair is merged below the threshold
+on chance. `stats` and the cluster table say which similarities are exact.
 
-Normalisation (internal): lowercase, every run of punctuation, symbols, separators and control characters
-becomes one space, trimmed. The exact key is the SHA-256 of the normalised text as UTF-8, so
+Normalisation (internal): lowercase (`str.lower`), every run of punctuation, symbols, separators and control
+characters except "_" becomes one space, trimmed: words are what regex `\\w+` finds, plus combining marks.
+It runs on the UTF-8 bytes of the Arrow column, not on a Python string per document. The exact key is the
+SHA-256 of the normalised text as UTF-8, so
 `hashlib.sha256(normalize([t])[0].encode()).digest() == exact_keys([t])[0]`.
 """
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -41,7 +45,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import polars as pl
@@ -53,6 +57,7 @@ from llm_assets.curation.stage import StageOutput, empty_rejects, reject_rows
 
 STAGE = "dedup"
 FORMAT_VERSION = 1
+NORMALISATION_VERSION = 2
 
 KeepRule = Literal["longest", "oldest", "highest_quality", "first_id"]
 
@@ -67,7 +72,7 @@ _POLY_BASE = 0x9E3779B97F4A7C15  # odd, so invertible mod 2**64
 
 
 _SHINGLE_BLOCK = 1 << 18  # shingles per MinHash block: the working set stays in cache
-_DOC_BLOCK_BYTES = 4 << 20  # text bytes analysed at once: bounds memory per batch
+_DOC_BLOCK_BYTES = 1 << 20  # text bytes analysed at once: bounds memory, and temporaries stay in cache
 
 
 class DedupConfig(BaseModel):
@@ -117,8 +122,13 @@ class DedupConfig(BaseModel):
     def signature_params(self) -> dict[str, Any]:
         """What the stored hashes depend on: a frozen index only accepts new documents hashed the same way."""
         keys = ("near", "paragraph_level", "ngram", "ngram_size", "num_perm", "seed", "paragraph_min_words")
-        # Lowercasing and the separator classes follow this Python's Unicode database.
-        return {**{k: getattr(self, k) for k in keys}, "unicode": unicodedata.unidata_version}
+        # Lowercasing and the separator classes follow this Python's Unicode database; "normalisation" 2
+        # keeps "_" inside words (as regex \w does).
+        return {
+            **{k: getattr(self, k) for k in keys},
+            "unicode": unicodedata.unidata_version,
+            "normalisation": NORMALISATION_VERSION,
+        }
 
 
 def optimal_bands(threshold: float, num_perm: int, *, false_negative_weight: float = 0.5) -> tuple[int, int]:
@@ -144,18 +154,6 @@ def optimal_bands(threshold: float, num_perm: int, *, false_negative_weight: flo
 
 # ---------------------------------------------------------------------------------------------------------------
 # Normalisation and hashing, vectorised over a batch
-
-
-@lru_cache(maxsize=1)
-def _separator_table() -> np.ndarray:
-    """Code points (below U+30000) that separate words: punctuation, symbols, separators, controls."""
-    limit = 0x30000
-    table = np.zeros(limit, dtype=bool)
-    for cp in range(limit):
-        cat = unicodedata.category(chr(cp))
-        if cat[0] in "PSZ" or cat in ("Cc", "Cf", "Cs"):
-            table[cp] = True
-    return table
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
@@ -211,88 +209,249 @@ class _Normalised:
         return bytes(self.buf[self.starts[i] : self.starts[i] + self.lengths[i]]).decode("utf-8", "surrogatepass")
 
 
+_Texts: TypeAlias = Sequence[str | None] | pa.Array  # a batch of documents: Python strings or an Arrow string array
+
+
 def _count_true(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Number of True in mask[starts[i]:ends[i]]: a loop for few long segments, a prefix sum for many short."""
+    """Number of True in mask[starts[i]:ends[i]]: a loop for few long segments, positions for many short."""
     if starts.size * 2048 < mask.size:
         return np.fromiter(
             (np.count_nonzero(mask[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),
             dtype=np.int64,
             count=starts.size,
         )
-    prefix = np.zeros(mask.size + 1, dtype=np.int64)
-    np.cumsum(mask, out=prefix[1:])
-    return prefix[ends] - prefix[starts]
+    positions = np.flatnonzero(mask)
+    return np.searchsorted(positions, ends) - np.searchsorted(positions, starts)
 
 
-def _ascii_separators(data: np.ndarray) -> np.ndarray:
-    """True for bytes that are not [0-9a-z] or part of a multi-byte character (text is lowercased first)."""
-    shifted = data - np.uint8(0x30)
-    word = shifted < 10
-    shifted -= np.uint8(0x31)
-    word |= shifted < 26
-    word |= data >= 0x80
-    return ~word
+def _ascii_map() -> np.ndarray:
+    """Two bytes (one uint16, little-endian) -> two bytes, each: ASCII letters lowercased, [0-9a-z_] and bytes
+    of multi-byte characters kept, the rest a space. Pairs halve the lookups; the table stays in cache."""
+    single = np.full(256, 0x20, dtype=np.uint16)
+    for byte in range(256):
+        char = chr(byte)
+        if byte >= 0x80 or char.isdigit() or char == "_" or "a" <= char.lower() <= "z":
+            single[byte] = ord(char.lower()) if byte < 0x80 else byte
+    pairs = np.arange(1 << 16, dtype=np.uint32)
+    return (single[pairs & 0xFF] | (single[pairs >> 8] << 8)).astype("<u2")
 
 
-def _normalise(texts: Sequence[str | None]) -> _Normalised:
-    """Lowercase; each run of punctuation/symbol/separator/control characters becomes one space; trimmed."""
-    unicode_sep = _separator_table()
-    encoded = [t.lower().encode("utf-8", "surrogatepass") if t else b"" for t in texts]
-    raw_len = np.fromiter((len(e) + 1 for e in encoded), dtype=np.int64, count=len(encoded))
-    raw_starts = np.zeros(len(encoded), dtype=np.int64)
-    np.cumsum(raw_len[:-1], out=raw_starts[1:])
-    # Every doc ends with a "\n" sentinel, so each non-empty doc's output ends with exactly one space.
-    raw = np.frombuffer(b"\n".join(encoded) + b"\n\0\0\0", dtype=np.uint8)
-    size = raw.size - 3
-    data = raw[:size]
-    sep = _ascii_separators(data)
-    lead = np.flatnonzero(data >= 0xC0)
-    if lead.size:
-        b0 = raw[lead]
-        two = b0 < 0xE0
-        pairs = lead[two]  # U+0080..U+07FF, the common case (Greek, Cyrillic, Latin accents)
-        cp = ((b0[two].astype(np.uint16) & 0x1F) << 6) | (raw[pairs + 1] & 0x3F)
-        hits = pairs[unicode_sep[cp]]
-        sep[hits] = True
-        sep[hits + 1] = True
-        longer = lead[~two]
-        if longer.size:
-            c0 = raw[longer].astype(np.uint32)
-            c1 = (raw[longer + 1] & 0x3F).astype(np.uint32)
-            c2 = (raw[longer + 2] & 0x3F).astype(np.uint32)
-            c3 = (raw[longer + 3] & 0x3F).astype(np.uint32)
-            wide = np.where(
-                c0 < 0xF0, ((c0 & 0x0F) << 12) | (c1 << 6) | c2, ((c0 & 0x07) << 18) | (c1 << 12) | (c2 << 6) | c3
-            )
-            hit = (wide < unicode_sep.size) & unicode_sep[np.minimum(wide, unicode_sep.size - 1)]
-            starts = longer[hit]
-            for k in range(3):
-                sep[starts + k] = True
-            four = starts[c0[hit] >= 0xF0]
-            sep[four + 3] = True
-    prev = np.empty_like(sep)
-    prev[0] = True
-    prev[1:] = sep[:-1]
-    prev[raw_starts] = True
-    keep = ~(sep & prev)
-    flag = sep.view(np.uint8)
-    out = ((data & ~(flag * np.uint8(0xFF))) | (flag << np.uint8(5)))[keep]  # separator -> 0x20
-    counts = _count_true(keep, raw_starts, np.append(raw_starts[1:], size))
-    starts = np.zeros(len(encoded), dtype=np.int64)
+_ASCII_MAP = _ascii_map()
+_SIGMA, _FINAL_SIGMA, _MEDIAL_SIGMA = 0x3A3, 0x3C2, 0x3C3
+_OTHER, _CASED, _IGNORABLE = 0, 1, 2  # a character's part in the final-sigma rule
+
+
+class _CodePoints:
+    """What normalisation needs to know per code point, learnt from `unicodedata` and `str.lower` the first
+    time a code point is seen (so no start-up cost for scripts a corpus never uses):
+    `lower` is the lowercase code point when lowercasing keeps it one character of the same UTF-8 length
+    (capital sigma: medial sigma, corrected by `_sigma_forms`); `separator` whether that lowercase character
+    separates words (categories P*, S*, Z*, Cc, Cf, Cs, except "_", which is a word character as in `\\w`);
+    `special` whether a doc holding it must be lowercased by `str.lower` (a mapping to several characters
+    or another UTF-8 length); `sigma` its part in the final-sigma rule, probed through `str.lower` itself."""
+
+    LIMIT = 0x110000
+
+    def __init__(self) -> None:
+        self.known = np.zeros(self.LIMIT, dtype=bool)
+        self.separator = np.zeros(self.LIMIT, dtype=bool)
+        self.special = np.zeros(self.LIMIT, dtype=bool)
+        self.sigma = np.zeros(self.LIMIT, dtype=np.uint8)
+        self.lower = np.arange(self.LIMIT, dtype=np.uint32)
+        self.learn(np.arange(0x80, dtype=np.uint32))
+
+    def learn(self, cps: np.ndarray) -> None:
+        unseen = cps[~self.known[cps]]
+        for cp in np.unique(unseen).tolist():
+            char = chr(cp)
+            low = char.lower() if cp != _SIGMA else chr(_MEDIAL_SIGMA)
+            width = len(char.encode("utf-8", "surrogatepass"))
+            if len(low) == 1 and len(low.encode("utf-8", "surrogatepass")) == width:
+                self.lower[cp] = ord(low)
+                category = unicodedata.category(low)
+                self.separator[cp] = (category[0] in "PSZ" or category in ("Cc", "Cf", "Cs")) and low != "_"
+            else:
+                self.special[cp] = True
+            if (char + "\u03a3").lower()[-1] == "\u03c2":  # cased, and not skipped as case-ignorable
+                self.sigma[cp] = _CASED
+            elif ("\u0391" + char + "\u03a3").lower()[-1] == "\u03c2":
+                self.sigma[cp] = _IGNORABLE
+            self.known[cp] = True
+
+
+@lru_cache(maxsize=1)
+def _code_points() -> _CodePoints:
+    return _CodePoints()
+
+
+def _decode_leads(raw: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions, code points (uint32) and UTF-8 lengths (uint8) of the multi-byte characters in raw[:size]
+    (raw is padded with 3 zero bytes). Malformed sequences are skipped: their bytes are kept as they are."""
+    lead = np.flatnonzero(raw[:size] >= 0xC0)
+    b0, b1 = raw[lead], raw[lead + 1]
+    width = (b0 >= 0xE0).view(np.uint8) + (b0 >= 0xF0).view(np.uint8) + np.uint8(2)
+    valid = (b1 & np.uint8(0xC0)) == 0x80
+    cps = ((b0 & np.uint8(0x1F)).astype(np.uint32) << 6) | (b1 & np.uint8(0x3F))
+    longer = np.flatnonzero(width > 2)
+    if longer.size:
+        at, w = lead[longer], width[longer]
+        c0, c1 = b0[longer].astype(np.uint32), cps[longer] & 0x3F
+        b2, b3 = raw[at + 2], raw[at + 3]
+        four = w == 4
+        valid[longer] &= ((b2 & np.uint8(0xC0)) == 0x80) & (~four | ((b3 & np.uint8(0xC0)) == 0x80)) & (c0 < 0xF8)
+        three = ((c0 & 0x0F) << 12) | (c1 << 6) | (b2 & np.uint8(0x3F))
+        wide = ((c0 & 0x07) << 18) | ((three & 0xFFF) << 6) | (b3 & np.uint8(0x3F))
+        cps[longer] = np.where(four, np.minimum(wide, 0x10FFFF), three)
+    if not valid.all():
+        lead, cps, width = lead[valid], cps[valid], width[valid]
+    return lead, cps, width
+
+
+def _encode_into(out: np.ndarray, at: np.ndarray, cps: np.ndarray, width: np.ndarray) -> None:
+    """Write the UTF-8 of `cps` (of byte lengths `width`) at positions `at`."""
+    for size, mark in ((2, 0xC0), (3, 0xE0), (4, 0xF0)):
+        sel = width == size
+        pos, cp = at[sel], cps[sel]
+        out[pos] = (mark | (cp >> (6 * (size - 1)))).astype(np.uint8)
+        for k in range(1, size):
+            out[pos + k] = (0x80 | ((cp >> (6 * (size - 1 - k))) & 0x3F)).astype(np.uint8)
+
+
+def _joined(pieces: Sequence[bytes | memoryview]) -> tuple[np.ndarray, np.ndarray]:
+    """Docs joined with a "\\n" after each (so each non-empty doc's output ends with exactly one space),
+    padded with 3 or 4 zero bytes; and where each doc starts."""
+    lengths = np.fromiter((len(p) + 1 for p in pieces), dtype=np.int64, count=len(pieces))
+    starts = np.zeros(len(pieces), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    joined = b"\n".join([*pieces, b"\0\0\0"])
+    # An even length, so that the bytes can be read as uint16 pairs.
+    raw = np.frombuffer(joined if len(joined) % 2 == 0 else joined + b"\0", dtype=np.uint8)
+    return raw, starts
+
+
+def _arrow_pieces(texts: pa.Array) -> list[bytes | memoryview]:
+    """Zero-copy views of each string of a (large_)string array; null is empty."""
+    texts = pc.fill_null(texts, "") if texts.null_count else texts
+    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+        texts = texts.cast(pa.large_string())
+    width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    offsets = np.frombuffer(texts.buffers()[1], dtype=width)[texts.offset : texts.offset + len(texts) + 1]
+    data = texts.buffers()[2]
+    view = memoryview(data) if data is not None else memoryview(b"")
+    bounds = offsets.tolist()
+    return [view[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _sigma_forms(raw: np.ndarray, lead: np.ndarray, cps: np.ndarray, width: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The form `str.lower` gives each capital sigma (rows `at` of `lead`): final (U+03C2) when a cased letter
+    precedes it and none follows, case-ignorable characters (". ' :" and marks) skipped, else medial (U+03C3);
+    0 where four or more case-ignorable characters in a row would need a longer look (-> `str.lower`)."""
+    table = _code_points()
+
+    def char_at(pos: np.ndarray, forward: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The character starting at `pos` (forward) or ending just before it: (code point, its start/end)."""
+        k = np.searchsorted(lead, pos) - (0 if forward else 1)
+        k_ok = np.clip(k, 0, max(lead.size - 1, 0))
+        if forward:
+            multi = (k < lead.size) & (lead[k_ok] == pos)
+            return np.where(multi, cps[k_ok], raw[pos]), pos + np.where(multi, width[k_ok], 1)
+        multi = (k >= 0) & (lead[k_ok] + width[k_ok] == pos)
+        start = np.where(multi, lead[k_ok], pos - 1)
+        return np.where(multi, cps[k_ok], raw[np.maximum(pos - 1, 0)]), start
+
+    def side(pos: np.ndarray, forward: bool) -> np.ndarray:
+        """_CASED / _OTHER for the first character that is not case-ignorable; _IGNORABLE if not found."""
+        found = np.full(pos.size, _IGNORABLE, dtype=np.uint8)
+        for _ in range(4):
+            todo = np.flatnonzero(found == _IGNORABLE)
+            if not todo.size:
+                break
+            cp, nxt = char_at(pos[todo], forward)
+            cp = cp.astype(np.uint32)
+            table.learn(cp)
+            kind = np.where(pos[todo] > 0, table.sigma[cp], _OTHER) if not forward else table.sigma[cp]
+            found[todo] = kind
+            pos[todo] = nxt
+        return found
+
+    # Docs are joined with "\n" (not cased, not ignorable), so a doc's neighbours are never looked into.
+    prev = side(lead[at].copy(), forward=False)
+    nxt = side(lead[at] + 2, forward=True)
+    form = np.zeros(at.size, dtype=np.uint32)
+    form[(prev == _CASED) & (nxt == _OTHER)] = _FINAL_SIGMA
+    form[(prev == _OTHER) | (nxt == _CASED)] = _MEDIAL_SIGMA
+    return form
+
+
+def _normalise(texts: _Texts) -> _Normalised:
+    """Lowercase (as `str.lower`); each run of punctuation/symbol/separator/control characters becomes one
+    space; trimmed. Works on the UTF-8 bytes; only docs with a character whose lowercase has another UTF-8
+    length (such as U+0130) go through `str.lower` first."""
+    if isinstance(texts, pa.Array):
+        pieces: list[bytes | memoryview] = _arrow_pieces(texts)
+    else:
+        pieces = [t.encode("utf-8", "surrogatepass") if t else b"" for t in texts]
+    norm, special = _normalise_pieces(pieces)
+    if not special.size:
+        return norm
+    # Lowercased text holds no such character (lowercasing is idempotent), so one more pass settles them.
+    lowered = [bytes(pieces[i]).decode("utf-8", "surrogateescape").lower() for i in special.tolist()]
+    fixed, _ = _normalise_pieces([t.encode("utf-8", "surrogateescape") for t in lowered])
+    view, fixed_view = norm.buf.data, fixed.buf.data
+    ends = np.append(norm.starts[1:], norm.buf.size).tolist()
+    segments = [view[a:b] for a, b in zip(norm.starts.tolist(), ends, strict=True)]
+    fixed_ends = np.append(fixed.starts[1:], fixed.buf.size).tolist()
+    for k, (a, b) in enumerate(zip(fixed.starts.tolist(), fixed_ends, strict=True)):
+        segments[special[k]] = fixed_view[a:b]
+    sizes = np.fromiter((len(m) for m in segments), dtype=np.int64, count=len(segments))
+    starts = np.zeros(len(segments), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    buf = np.frombuffer(b"".join(segments), dtype=np.uint8)
+    return _Normalised(buf, starts, np.maximum(sizes - 1, 0))
+
+
+def _normalise_pieces(pieces: Sequence[bytes | memoryview]) -> tuple[_Normalised, np.ndarray]:
+    """`_normalise` of UTF-8 docs, and the docs whose result is wrong until they are lowercased by `str.lower`."""
+    table = _code_points()
+    raw, raw_starts = _joined(pieces)
+    size = int(raw_starts[-1]) + len(pieces[-1]) + 1 if len(pieces) else 0
+    lead, cps, width = _decode_leads(raw, size)
+    table.learn(cps)
+    lower = table.lower[cps]
+    special_at = np.flatnonzero(table.special[cps])
+    sigma = np.flatnonzero(cps == _SIGMA)
+    if sigma.size:
+        lower[sigma] = forms = _sigma_forms(raw, lead, cps, width, sigma)
+        special_at = np.concatenate((special_at, sigma[forms == 0]))
+    special = np.unique(np.searchsorted(raw_starts, lead[special_at], side="right") - 1)
+    out = _ASCII_MAP[raw.view("<u2")].view(np.uint8)[:size]
+    changed = np.flatnonzero(lower != cps)
+    _encode_into(out, lead[changed], lower[changed], width[changed])
+    hits = np.flatnonzero(table.separator[cps])
+    for k in range(4):
+        out[lead[hits[width[hits] > k]] + k] = 0x20
+    sep = out == 0x20
+    drop = np.empty_like(sep)
+    np.logical_and(sep[1:], sep[:-1], out=drop[1:])
+    drop[raw_starts] = sep[raw_starts]
+    counts = np.diff(np.append(raw_starts, size)) - _count_true(drop, raw_starts, np.append(raw_starts[1:], size))
+    starts = np.zeros(counts.size, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
-    return _Normalised(out, starts, np.maximum(counts - 1, 0))
+    return _Normalised(out[~drop], starts, np.maximum(counts - 1, 0)), special
 
 
-def _blocks(texts: Sequence[str | None]) -> Iterator[Sequence[str | None]]:
-    """Consecutive slices of about _DOC_BLOCK_BYTES characters (at least one doc each), so memory stays bounded."""
-    start, size = 0, 0
-    for i, text in enumerate(texts):
-        size += len(text) if text else 0
-        if size >= _DOC_BLOCK_BYTES:
-            yield texts[start : i + 1]
-            start, size = i + 1, 0
-    if start < len(texts) or not texts:
-        yield texts[start:]
+def _blocks(texts: _Texts) -> Iterator[_Texts]:
+    """Consecutive slices of about _DOC_BLOCK_BYTES of text (at least one doc each), so memory stays bounded."""
+    if isinstance(texts, pa.Array):
+        sizes = np.asarray(pc.fill_null(pc.binary_length(texts), 0).to_numpy(), dtype=np.int64)
+    else:
+        sizes = np.fromiter((len(t) if t else 0 for t in texts), dtype=np.int64, count=len(texts))
+    ends = np.cumsum(sizes)
+    cuts = np.flatnonzero(np.diff(ends // _DOC_BLOCK_BYTES, prepend=0) > 0) + 1
+    bounds = [0, *cuts[cuts < len(texts)].tolist(), len(texts)]
+    for lo, hi in itertools.pairwise(bounds):
+        if hi > lo or len(bounds) == 2:
+            yield texts.slice(lo, hi - lo) if isinstance(texts, pa.Array) else texts[lo:hi]
 
 
 def normalize(texts: Sequence[str]) -> list[str]:
@@ -426,10 +585,11 @@ class _Analysis:
     words: np.ndarray  # [n] int64 normalised word count
 
 
-def _analyse_block(texts: Sequence[str | None], params: dict[str, Any]) -> _Analysis:
+def _analyse_block(texts: _Texts, params: dict[str, Any]) -> _Analysis:
     n = len(texts)
     if params["paragraph_level"]:
-        norm, para_offsets, para_index, para_hash = _paragraphs(texts, params["paragraph_min_words"])
+        strings = texts.to_pylist() if isinstance(texts, pa.Array) else texts
+        norm, para_offsets, para_index, para_hash = _paragraphs(strings, params["paragraph_min_words"])
     else:
         norm = _normalise(texts)
         para_offsets, para_index, para_hash = np.zeros(n + 1, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.uint64)
@@ -475,7 +635,7 @@ def _paragraphs(texts: Sequence[str | None], min_words: int) -> tuple[_Normalise
     return docs, offsets, position[keep].astype(np.uint32), hashes
 
 
-def _analyse(texts: Sequence[str | None], params: dict[str, Any]) -> _Analysis:
+def _analyse(texts: _Texts, params: dict[str, Any]) -> _Analysis:
     return _concat_analyses([_analyse_block(block, params) for block in _blocks(texts)])
 
 
@@ -499,13 +659,14 @@ def _concat_analyses(parts: Sequence[_Analysis]) -> _Analysis:
 
 
 def _analyse_parallel(
-    texts: Sequence[str | None], params: dict[str, Any], pool: concurrent.futures.Executor | None, workers: int
+    texts: pa.Array, params: dict[str, Any], pool: concurrent.futures.Executor | None, workers: int
 ) -> _Analysis:
     if pool is None or workers <= 1 or len(texts) < 2:
         return _analyse(texts, params)
     pieces = max(workers * 4, 1)
     step = math.ceil(len(texts) / pieces)
-    chunks = [list(texts[i : i + step]) for i in range(0, len(texts), step)]
+    # concat_arrays copies each slice, so only its own bytes are pickled to the worker.
+    chunks = [pa.concat_arrays([texts.slice(i, step)]) for i in range(0, len(texts), step)]
     return _concat_analyses(list(pool.map(_analyse, chunks, [params] * len(chunks))))
 
 
@@ -519,7 +680,7 @@ def compute_signatures(texts: Sequence[str], config: DedupConfig, *, workers: in
     if workers <= 1:
         return _analyse(texts, params).signatures
     with _spawn_pool(workers) as pool:
-        return _analyse_parallel(texts, params, pool, workers).signatures
+        return _analyse_parallel(pa.array(texts, pa.large_string()), params, pool, workers).signatures
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -575,8 +736,11 @@ class DedupIndex:
         self._timestamps: list[np.ndarray] = []
         self._frozen: list[np.ndarray] = []
         self._analyses: list[_Analysis] = []
-        self._wanted: set[str] = set()  # docs whose exact shingle sets would settle a borderline pair
+        # Exact verification of borderline pairs: each doc's partners, the shingle sets of docs read whose
+        # partners are not all read yet, and the exact Jaccard of every settled pair.
+        self._partners: dict[str, list[str]] = {}
         self._shingle_sets: dict[str, np.ndarray] = {}
+        self._exact_jaccard: dict[tuple[str, str], float] = {}
 
     def __enter__(self) -> DedupIndex:
         return self
@@ -611,7 +775,7 @@ class DedupIndex:
         for label, arr in (("quality", quality), ("timestamp", timestamp)):
             if arr is not None and len(arr) != n:
                 raise ValueError(f"dedup: partition {partition!r}: {label} has {len(arr)} values for {n} rows")
-        texts = table.column("text").to_pylist()
+        texts = table.column("text").combine_chunks()
         if self.workers > 1 and self._pool is None:
             self._pool = _spawn_pool(self.workers)
         analysis = _analyse_parallel(texts, self.config.signature_params(), self._pool, self.workers)
@@ -698,12 +862,12 @@ class DedupIndex:
             stats.update(near_stats)
             exact_pair = np.zeros(left.size, dtype=bool)
             for k in np.flatnonzero(np.abs(sims - cfg.threshold) <= cfg.exact_band).tolist():
-                a, b = self._shingle_sets.get(ids[left[k]]), self._shingle_sets.get(ids[right[k]])
-                if a is not None and b is not None:
-                    shared = np.intersect1d(a, b, assume_unique=True).size
-                    sims[k] = shared / (a.size + b.size - shared)
+                exact = self._exact_jaccard.get(_pair_key(ids[left[k]], ids[right[k]]))
+                if exact is not None:
+                    sims[k] = exact
                     exact_pair[k] = True
             stats["exact_checked_pairs"] = int(exact_pair.sum())
+            stats["verification_sets_held"] = len(self._shingle_sets)
             if cfg.verify_candidates:
                 ok = sims >= cfg.threshold
                 left, right, sims, exact_pair = left[ok], right[ok], sims[ok], exact_pair[ok]
@@ -763,25 +927,42 @@ class DedupIndex:
         representative = _exact_representatives(analysis.exact, rank) if cfg.exact else np.arange(n)
         candidates = np.flatnonzero((representative == np.arange(n)) & (analysis.shingles > 0))
         left, right, sims, _ = _near_pairs(candidates, analysis.signatures, rank, cfg)
-        close = np.abs(sims - cfg.threshold) <= cfg.exact_band
+        close = np.flatnonzero(np.abs(sims - cfg.threshold) <= cfg.exact_band)
         ids = frame["id"].to_list()
-        self._wanted = {ids[i] for i in np.concatenate((left[close], right[close])).tolist()}
-        return frozenset(self._wanted)
+        self._partners, self._shingle_sets, self._exact_jaccard = {}, {}, {}
+        for a, b in zip(left[close].tolist(), right[close].tolist(), strict=True):
+            self._partners.setdefault(ids[a], []).append(ids[b])
+            self._partners.setdefault(ids[b], []).append(ids[a])
+        return frozenset(self._partners)
 
     def add_shingle_sets(self, table: pa.Table) -> int:
-        """Store the exact shingle-hash sets of this batch's docs that `verification_ids` asked for (memory:
-        8 bytes per distinct shingle of those docs only). Returns how many were stored."""
+        """Read the exact shingle sets of this batch's docs that `verification_ids` named, settle every pair
+        whose two docs have now been read (exact Jaccard), and let go of the sets no pending pair needs: memory
+        holds 8 bytes per distinct shingle of only the docs still waiting for a partner in a later batch.
+        Returns how many docs of this batch were read."""
         ids = table.column("id").to_pylist()
-        rows = [i for i, doc_id in enumerate(ids) if doc_id in self._wanted]
+        rows = [i for i, doc_id in enumerate(ids) if doc_id in self._partners]
         if not rows:
             return 0
-        texts = table.column("text").take(pa.array(rows, pa.int64())).to_pylist()
-        norm = _normalise(texts)
+        norm = _normalise(table.column("text").take(pa.array(rows, pa.int64())).combine_chunks())
         units, per_doc = _unit_hashes(norm, self.config.ngram)
         shingles, windows = _shingles(units, per_doc, self.config.ngram_size)
         ends = np.cumsum(windows)
         for row, end, count in zip(rows, ends.tolist(), windows.tolist(), strict=True):
             self._shingle_sets[ids[row]] = np.unique(shingles[end - count : end])
+        for doc in (ids[row] for row in rows):
+            mine = self._shingle_sets[doc]
+            for partner in self._partners[doc]:
+                theirs = self._shingle_sets.get(partner)
+                key = _pair_key(doc, partner)
+                if theirs is not None and key not in self._exact_jaccard:
+                    shared = np.intersect1d(mine, theirs, assume_unique=True).size
+                    self._exact_jaccard[key] = shared / (mine.size + theirs.size - shared)
+        for doc in (ids[row] for row in rows):
+            for member in (doc, *self._partners[doc]):
+                settled = all(_pair_key(member, p) in self._exact_jaccard for p in self._partners[member])
+                if settled:
+                    self._shingle_sets.pop(member, None)
         return len(rows)
 
     # -- incremental ---------------------------------------------------------------------------------------
@@ -1018,6 +1199,10 @@ def _paragraph_decisions(
         else:
             emptied[ids[doc]] = taken[0][1]
     return removals, emptied, kept_whole
+
+
+def _pair_key(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
 
 
 def _cluster_id(kept_id: str) -> str:

@@ -9,7 +9,6 @@ counted by an 8-byte hash, so memory grows with the number of distinct lines, ne
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
@@ -166,10 +165,16 @@ def mojibake_candidates(texts: Sequence[str]) -> list[bool]:
     ftfy only changes text in which its heuristic finds something (or C1 controls, which it also flags), so
     skipping the rest gives the same output without ftfy's per-line cost on clean text.
     """
+    flags = [not text.isascii() for text in texts]
     pattern = _mojibake_pattern()
-    if pattern is None:
-        return [not text.isascii() for text in texts]
-    return pl.Series(texts, dtype=pl.String).str.contains(pattern).fill_null(False).to_list()
+    rows = [i for i, flag in enumerate(flags) if flag]
+    if pattern is None or not rows:
+        return flags
+    # Every character the heuristic looks for is non-ASCII (and ftfy leaves ASCII text alone): test the rest only.
+    hits = pl.Series([texts[i] for i in rows], dtype=pl.String).str.contains(pattern).fill_null(False)
+    for i, hit in zip(rows, hits.to_list(), strict=True):
+        flags[i] = hit
+    return flags
 
 
 def _prepare(texts: Sequence[str], config: NormalizeConfig, changes: dict[str, int]) -> list[str]:
@@ -205,12 +210,15 @@ def _prepare_once(texts: Sequence[str], config: NormalizeConfig, changes: dict[s
                 changes["mojibake_fixed"] += fixed != texts[i]
                 texts[i] = fixed
     series = pl.Series(texts, dtype=pl.String)
-    if config.unicode_form is not None:
+    non_ascii = [i for i, text in enumerate(texts) if not text.isascii()]
+    if config.unicode_form is not None and non_ascii:
+        # ASCII text is the same in every normal form and has none of the _PRE_NFKC characters
+        part = series.gather(non_ascii)
         if config.standardise_punctuation and config.unicode_form in ("NFKC", "NFKD"):
-            series = series.str.replace_many(_PRE_NFKC)
-        normalized = series.str.normalize(config.unicode_form)
-        changes["unicode_normalized"] += int((normalized != series).sum())
-        series = normalized
+            part = part.str.replace_many(_PRE_NFKC)
+        normalized = part.str.normalize(config.unicode_form)
+        changes["unicode_normalized"] += int((normalized != part).sum())
+        series = series.scatter(non_ascii, normalized)
     if config.standardise_whitespace:
         series = series.str.replace_many(_LINE_BREAKS, leftmost=True)
     if config.remove_control_chars:
@@ -231,18 +239,34 @@ def _prepare_once(texts: Sequence[str], config: NormalizeConfig, changes: dict[s
     return series.to_list()
 
 
-def line_hash(line: str) -> bytes:
-    """The 8-byte key a stripped line is counted and matched by (collisions: ~1 in 2^64 per pair)."""
-    return hashlib.blake2b(line.encode("utf-8"), digest_size=8).digest()
+# What Python's str.split()/str.strip() treat as whitespace (str.isspace; none above U+3000), for polars.
+_PY_SPACE_CHARS = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+_PY_SPACE_RUN = "[" + "".join(f"\\x{{{ord(ch):X}}}" for ch in _PY_SPACE_CHARS) + "]+"
+_LINE_HASH_SEED = 0x626F696C6572706C
 
 
-def _candidate_lines(text: str, config: NormalizeConfig) -> Iterator[tuple[int, str]]:
-    """(position, stripped line) of every line that may be boilerplate: not empty, short, enough words."""
-    min_words, max_chars = config.boilerplate_min_line_words, config.boilerplate_max_line_chars
-    for position, line in enumerate(text.split("\n")):
-        stripped = line.strip()
-        if stripped and len(stripped) <= max_chars and len(stripped.split(None, min_words - 1)) >= min_words:
-            yield position, stripped
+def _candidate_lines(texts: Sequence[str], config: NormalizeConfig) -> pl.DataFrame:
+    """(doc, position, key) of every line that may be boilerplate: stripped, not empty, short, enough words.
+
+    `key` is a 64-bit hash of the stripped line (collisions: ~1 in 2^64 per pair); both passes of one run hash
+    alike, which is all the keys are used for (they are never stored).
+    """
+    stripped = pl.col("line").str.strip_chars(_PY_SPACE_CHARS)
+    return (
+        pl.DataFrame({"text": pl.Series(texts, dtype=pl.String)})
+        .select(
+            doc=pl.int_range(pl.len(), dtype=pl.Int64),
+            line=pl.col("text").str.split("\n"),
+        )
+        .select("doc", "line", position=pl.int_ranges(0, pl.col("line").list.len(), dtype=pl.Int64))
+        .explode("line", "position")
+        .with_columns(stripped)
+        .filter(
+            pl.col("line").str.len_chars().is_between(1, config.boilerplate_max_line_chars),
+            pl.col("line").str.count_matches(_PY_SPACE_RUN) >= config.boilerplate_min_line_words - 1,
+        )
+        .select("doc", "position", key=pl.col("line").hash(_LINE_HASH_SEED))
+    )
 
 
 def _chunks(texts: Iterable[str]) -> Iterator[list[str]]:
@@ -262,10 +286,10 @@ def _chunks(texts: Iterable[str]) -> Iterator[list[str]]:
 
 
 class LineCounts:
-    """In how many documents each candidate line hash occurs, as sorted numpy arrays (16 bytes a distinct
+    """In how many documents each candidate line key occurs, as sorted numpy arrays (16 bytes a distinct
     line, ~10x less than a dict of bytes), compacted as documents stream in."""
 
-    _COMPACT_EVERY = 1 << 20  # pending hashes before they are merged into the sorted arrays
+    _COMPACT_EVERY = 1 << 20  # pending keys before they are merged into the sorted arrays
 
     def __init__(self) -> None:
         self._keys = np.empty(0, dtype=np.uint64)
@@ -273,12 +297,12 @@ class LineCounts:
         self._pending: list[np.ndarray] = []
         self._pending_size = 0
 
-    def add_document(self, hashes: set[bytes]) -> None:
-        """One document's distinct candidate line hashes."""
-        if not hashes:
+    def add(self, keys: np.ndarray) -> None:
+        """The candidate line keys of some documents, each key at most once per document."""
+        if not len(keys):
             return
-        self._pending.append(np.frombuffer(b"".join(hashes), dtype=np.uint64))
-        self._pending_size += len(hashes)
+        self._pending.append(np.asarray(keys, dtype=np.uint64))
+        self._pending_size += len(keys)
         if self._pending_size >= self._COMPACT_EVERY:
             self._compact()
 
@@ -292,10 +316,10 @@ class LineCounts:
         self._counts = np.bincount(inverse, weights=weights, minlength=len(self._keys)).astype(np.int64)
         self._pending, self._pending_size = [], 0
 
-    def at_least(self, floor: float) -> frozenset[bytes]:
-        """Hashes (as `line_hash` bytes) of the lines counted in at least `floor` documents."""
+    def at_least(self, floor: float) -> frozenset[int]:
+        """Keys of the lines counted in at least `floor` documents."""
         self._compact()
-        return frozenset(key.tobytes() for key in self._keys[self._counts >= floor])
+        return frozenset(self._keys[self._counts >= floor].tolist())
 
     def __len__(self) -> int:
         self._compact()
@@ -316,39 +340,56 @@ class LineCounts:
     __hash__ = None  # type: ignore[assignment]
 
 
+def count_prepared_lines(prepared: Sequence[str], config: NormalizeConfig, counts: LineCounts) -> None:
+    """Adds the candidate lines of already prepared texts (see `prepare_texts`) to `counts`."""
+    keys = _candidate_lines(prepared, config).unique(["doc", "key"]).get_column("key")
+    counts.add(keys.to_numpy())
+
+
 def count_lines(texts: Iterable[str], config: NormalizeConfig, counts: LineCounts | None = None) -> LineCounts:
-    """Pass 1: for each candidate line hash, in how many documents of `texts` it occurs.
+    """Pass 1: for each candidate line, in how many documents of `texts` it occurs.
 
     Pass `counts` to keep adding across the shards of one source; the caller counts the documents.
     """
     counts = LineCounts() if counts is None else counts
     scratch = dict.fromkeys(CHANGE_KINDS, 0)
     for chunk in _chunks(texts):
-        for prepared in _prepare(chunk, config, scratch):
-            counts.add_document({line_hash(line) for _, line in _candidate_lines(prepared, config)})
+        count_prepared_lines(_prepare(chunk, config, scratch), config, counts)
     return counts
 
 
-def boilerplate_lines(counts: LineCounts, total_docs: int, config: NormalizeConfig) -> frozenset[bytes]:
-    """Hashes of lines in at least `boilerplate_min_docs` and `boilerplate_min_doc_fraction` of the docs."""
+def boilerplate_lines(counts: LineCounts, total_docs: int, config: NormalizeConfig) -> frozenset[int]:
+    """Keys of lines in at least `boilerplate_min_docs` and `boilerplate_min_doc_fraction` of the docs."""
     return counts.at_least(max(config.boilerplate_min_docs, config.boilerplate_min_doc_fraction * total_docs))
 
 
 def _drop_boilerplate(
-    text: str, config: NormalizeConfig, boilerplate: frozenset[bytes], changes: dict[str, int]
-) -> str:
-    if not boilerplate:
-        return text
-    drop = {position for position, line in _candidate_lines(text, config) if line_hash(line) in boilerplate}
-    if not drop:
-        return text
-    changes["boilerplate_lines_removed"] += len(drop)
-    kept = "\n".join(line for position, line in enumerate(text.split("\n")) if position not in drop)
-    return _BLANK_LINES_RE.sub("\n\n", kept).strip() if config.standardise_whitespace else kept
+    texts: list[str], config: NormalizeConfig, boilerplate: frozenset[int], changes: dict[str, int]
+) -> list[str]:
+    if not boilerplate or not texts:
+        return texts
+    lines = _candidate_lines(texts, config)
+    drops = lines.filter(pl.col("key").is_in(pl.Series(list(boilerplate), dtype=pl.UInt64).implode()))
+    if not drops.height:
+        return texts
+    out = list(texts)
+    for (doc,), group in drops.group_by("doc"):
+        drop = set(group.get_column("position").to_list())
+        changes["boilerplate_lines_removed"] += len(drop)
+        kept = "\n".join(line for position, line in enumerate(out[doc].split("\n")) if position not in drop)
+        out[doc] = _BLANK_LINES_RE.sub("\n\n", kept).strip() if config.standardise_whitespace else kept
+    return out
+
+
+def prepare_texts(texts: Sequence[str | None], config: NormalizeConfig) -> tuple[list[str], dict[str, int]]:
+    """Every step but boilerplate removal, and how much each kind of change touched the texts: what pass 1
+    computes anyway, so a caller can keep it for `normalize_batch(prepared=...)` instead of redoing it."""
+    changes = dict.fromkeys(CHANGE_KINDS, 0)
+    return _prepare([text or "" for text in texts], config, changes), changes
 
 
 def normalize_text(
-    text: str, config: NormalizeConfig, boilerplate: frozenset[bytes] = frozenset()
+    text: str, config: NormalizeConfig, boilerplate: frozenset[int] = frozenset()
 ) -> tuple[str, dict[str, int]]:
     """One document: the normalised text and how much each kind of change touched it.
 
@@ -356,22 +397,33 @@ def normalize_text(
     count characters or lines. For many documents use `normalize_batch`: it vectorises across them.
     """
     changes = dict.fromkeys(CHANGE_KINDS, 0)
-    prepared = _prepare([text], config, changes)[0]
-    return _drop_boilerplate(prepared, config, boilerplate, changes), changes
+    prepared = _prepare([text], config, changes)
+    return _drop_boilerplate(prepared, config, boilerplate, changes)[0], changes
 
 
-def normalize_batch(table: pa.Table, config: NormalizeConfig, boilerplate: frozenset[bytes]) -> StageOutput:
-    """Pass 2: replace `text` by its normalised form; reject documents left shorter than `min_chars_after`."""
+def normalize_batch(
+    table: pa.Table,
+    config: NormalizeConfig,
+    boilerplate: frozenset[int],
+    prepared: tuple[Sequence[str], dict[str, int]] | None = None,
+) -> StageOutput:
+    """Pass 2: replace `text` by its normalised form; reject documents left shorter than `min_chars_after`.
+
+    `prepared` is `prepare_texts` of this table's texts when pass 1 kept it; otherwise it is computed here.
+    """
     texts = [text or "" for text in table.column("text").to_pylist()]
-    changes = dict.fromkeys(CHANGE_KINDS, 0)
-    prepared = _prepare(texts, config, changes)
+    if prepared is None:
+        prepared = prepare_texts(texts, config)
+    if len(prepared[0]) != len(texts):
+        raise ValueError(f"normalize_batch: {len(prepared[0])} prepared texts for a table of {len(texts)} rows")
+    changes = dict(prepared[1])
+    normalized = _drop_boilerplate(list(prepared[0]), config, boilerplate, changes)
     kept_idx: list[int] = []
     kept_texts: list[str] = []
     rejected_idx: list[int] = []
     rejected_len: list[int] = []
     docs_changed = 0
-    for i, (text, out) in enumerate(zip(texts, prepared, strict=True)):
-        out = _drop_boilerplate(out, config, boilerplate, changes)
+    for i, (text, out) in enumerate(zip(texts, normalized, strict=True)):
         docs_changed += out != text
         if len(out) >= config.min_chars_after:
             kept_idx.append(i)

@@ -10,18 +10,27 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from llm_assets.curation.dedup import PARAGRAPH_EVENT_SCHEMA, DedupConfig, DedupIndex, apply_plan
-from llm_assets.curation.normalize import NormalizeConfig, boilerplate_lines, count_lines, normalize_batch
+from llm_assets.curation.normalize import (
+    LineCounts,
+    NormalizeConfig,
+    boilerplate_lines,
+    count_prepared_lines,
+    normalize_batch,
+    prepare_texts,
+)
 from llm_assets.curation.perplexity import (
     CharNgramLM,
     PerplexityConfig,
@@ -235,24 +244,51 @@ def run_batch_stage(
 def normalize_source(
     storage: LakeStorage, source: str, config: NormalizeConfig, *, max_rows_per_shard: int = 50_000, **kw: Any
 ) -> StageRun:
-    """Two passes over one source: count lines across documents (boilerplate), then normalise."""
+    """Two passes over one source: count lines across documents (boilerplate), then normalise.
+
+    Pass 1 prepares every shard (every step but boilerplate removal) and spills the prepared texts to a local
+    scratch file (lz4), so pass 2 only removes boilerplate instead of preparing everything again; memory stays
+    bounded by one shard, local disk by the source's text.
+    """
     manifest = input_manifest(storage, RAW, source)
-    counts = count_lines(
-        (t for shard in iter_shards(storage, manifest) for t in shard.column("text").to_pylist()), config
-    )
-    boilerplate = boilerplate_lines(counts, manifest.rows, config)
-    run = run_batch_stage(
-        storage,
-        stage="normalize",
-        input_dataset=RAW,
-        output_dataset=NORMALIZED,
-        output_schema=RECORD_SCHEMA,
-        sources=[source],
-        batch_fn=lambda table, _source: normalize_batch(table, config, boilerplate),
-        max_rows_per_shard=max_rows_per_shard,
-        extra={"boilerplate_lines": len(boilerplate)},
-        **kw,
-    )
+    counts = LineCounts()
+    changes: list[dict[str, int]] = []
+    spill_schema = pa.schema([pa.field("text", pa.large_string())])
+    with tempfile.TemporaryDirectory(prefix="normalize-") as scratch:
+        spill = str(Path(scratch) / "prepared.arrows")
+        options = pa.ipc.IpcWriteOptions(compression="lz4", use_threads=False)
+        with pa.OSFile(spill, "wb") as sink, pa.ipc.new_stream(sink, spill_schema, options=options) as writer:
+            for shard in iter_shards(storage, manifest):
+                texts, shard_changes = prepare_texts(shard.column("text").to_pylist(), config)
+                count_prepared_lines(texts, config, counts)
+                writer.write_batch(pa.record_batch([pa.array(texts, pa.large_string())], schema=spill_schema))
+                changes.append(shard_changes)
+        boilerplate = boilerplate_lines(counts, manifest.rows, config)
+        with pa.OSFile(spill, "rb") as spilled:
+            reader = pa.ipc.open_stream(spilled, options=pa.ipc.IpcReadOptions(use_threads=False))
+            prepared = zip(reader, changes, strict=True)
+
+            def normalize(table: pa.Table, _source: str) -> StageOutput:
+                batch, shard_changes = next(prepared)
+                if batch.num_rows != table.num_rows:  # the spill is read in the order pass 1 wrote it
+                    raise RuntimeError(
+                        f"normalize {source}: prepared shard has {batch.num_rows} rows, input shard {table.num_rows}"
+                    )
+                texts = batch.column(0).to_pylist()
+                return normalize_batch(table, config, boilerplate, prepared=(texts, shard_changes))
+
+            run = run_batch_stage(
+                storage,
+                stage="normalize",
+                input_dataset=RAW,
+                output_dataset=NORMALIZED,
+                output_schema=RECORD_SCHEMA,
+                sources=[source],
+                batch_fn=normalize,
+                max_rows_per_shard=max_rows_per_shard,
+                extra={"boilerplate_lines": len(boilerplate)},
+                **kw,
+            )
     run.stats["boilerplate_line_patterns"] = len(boilerplate)
     return run
 

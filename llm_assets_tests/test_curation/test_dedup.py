@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import random
+import re
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -399,3 +402,119 @@ def test_char_ngrams_and_empty_inputs() -> None:
     assert empty.drop_ids == {} and empty.clusters.num_rows == 0
     assert compute_signatures([], DedupConfig()).shape == (0, 128)
     assert normalize([]) == [] and exact_keys([]) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Normalisation on UTF-8 bytes, word definition, exact verification
+
+
+def reference_normalise(text: str) -> str:
+    """The definition: str.lower, then every run of P*/S*/Z*/Cc/Cf/Cs characters except "_" is one space."""
+
+    def separates(char: str) -> bool:
+        category = unicodedata.category(char)
+        return (category[0] in "PSZ" or category in ("Cc", "Cf", "Cs")) and char != "_"
+
+    spaced = "".join(" " if separates(c) else c for c in text.lower())
+    return re.sub(" +", " ", spaced).strip(" ")
+
+
+TRICKY = [
+    *"\u03a3\u0391\u03b1\u039f\u03c3\u03c2.':-_ \n\t1aZ",
+    *"\u0130\u212a\u1e9e\u2126\u212b\u0301\u00ad\u02b0\u0345\u1fbc\u00a0\U0001f600\U000e0041",
+]  # sigmas, case-ignorables (. ' : soft hyphen, marks), length-changing lowercase (U+0130, Kelvin, Ohm)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.text(alphabet=st.sampled_from(TRICKY), max_size=16) | st.text(max_size=16), max_size=8))
+def test_normalisation_matches_its_definition(texts: list[str]) -> None:
+    """Lowercasing on bytes equals str.lower, final sigma (a capital sigma after a cased letter, with case-ignorable
+    characters in between, and none after) and length-changing mappings (U+0130) included."""
+    expected = [reference_normalise(t) for t in texts]
+    assert normalize(texts) == expected
+    assert exact_keys(texts) == [hashlib.sha256(e.encode("utf-8", "surrogatepass")).digest() for e in expected]
+    # The Arrow path (add_batch) gives the same keys: each text is an exact duplicate of its normalised form.
+    items = [(f"t{i}", t) for i, t in enumerate(texts)] + [(f"n{i}", e) for i, e in enumerate(expected)]
+    index = DedupIndex(DedupConfig(near=False, paragraph_level=False, keep_rule="first_id"))
+    index.add_batch(records(items), partition="p")
+    drops = index.resolve().drop_ids
+    for i in range(len(texts)):
+        dropped = f"t{i}" if f"t{i}" in drops else f"n{i}"
+        assert drops[dropped][0] == "exact" and normalize([dict(items)[drops[dropped][1]]]) == [expected[i]]
+
+
+def test_underscore_stays_inside_words() -> None:
+    assert normalize(["snake_case __init__ A_B-c"]) == ["snake_case __init__ a_b c"]
+    plan, _ = run([("p", records([("a", "read_config file now"), ("b", "read config file now")]))], DedupConfig())
+    assert plan.drop_ids == {}
+
+
+def test_arrow_string_types_and_nulls() -> None:
+    text = random_doc(random.Random(31), 60)
+    large = pa.table({"id": ["l1", "l2"], "text": pa.array([text.upper(), None], pa.large_string())})
+    plain = pa.table({"id": ["s1", "s2"], "text": pa.array([text, ""], pa.string())})
+    index = DedupIndex(DedupConfig(keep_rule="first_id"))
+    index.add_batch(large, partition="a")
+    index.add_batch(plain, partition="b")
+    assert index.resolve().drop_ids == {"s1": ("exact", "l1", 1.0), "s2": ("exact", "l2", 1.0)}
+
+
+def word_jaccard(a: str, b: str, n: int = 5) -> float:
+    """Tool-neutral truth, as in benchmarks/corpus.py: lowercase `\\w+` words, n-gram sets."""
+
+    def grams(text: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"\w+", text.lower())
+        return {tuple(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+    x, y = grams(a), grams(b)
+    return len(x & y) / len(x | y)
+
+
+def test_identifier_heavy_pairs_are_merged_only_at_true_jaccard_threshold() -> None:
+    """Docs full of snake_case identifiers (man pages, code): splitting them at "_" would put pairs whose true
+    word-5-gram Jaccard is just under 0.8 above it. With the verification pass no pair below is merged."""
+    rng = random.Random(37)
+    config = DedupConfig(keep_rule="first_id")
+    items: list[tuple[str, str]] = []
+    truth: dict[tuple[str, str], float] = {}
+    for i in range(150):
+        words = [random_doc(rng, 1) if rng.random() < 0.7 else "_".join(rng.sample(VOCAB, 4)) for _ in range(300)]
+        variant = words[:]
+        for k in rng.sample(range(300), rng.randrange(3, 14)):
+            parts = variant[k].split("_")
+            variant[k] = "_".join([*parts[:-1], f"v{rng.randrange(10**6)}"])
+        a, b = " ".join(words), " ".join(variant)
+        items += [(f"a{i:03d}", a), (f"b{i:03d}", b)]
+        truth[(f"a{i:03d}", f"b{i:03d}")] = word_jaccard(a, b)
+    table = records(items)
+    index = DedupIndex(config)
+    index.add_batch(table.slice(0, 150), partition="p1")
+    index.add_batch(table.slice(150), partition="p2")
+    assert index.verification_ids()
+    for part in (table.slice(0, 150), table.slice(150)):
+        index.add_shingle_sets(part)
+    plan = index.resolve()
+    assert plan.stats["verification_sets_held"] == 0  # every set was let go once its pairs were settled
+    found = {(kept, doc) for doc, (_, kept, _) in plan.drop_ids.items()}
+    below = [pair for pair, j in truth.items() if j < config.threshold]
+    above = [pair for pair, j in truth.items() if j >= config.threshold + 0.03]
+    assert len(below) > 20 and len(above) > 20
+    assert all(truth.get(pair, 0.0) >= config.threshold for pair in found)
+    assert sum(pair in found for pair in above) / len(above) >= 0.95
+    for doc, (_, kept, similarity) in plan.drop_ids.items():
+        assert similarity == pytest.approx(word_jaccard(dict(items)[doc], dict(items)[kept])) or similarity > 0.9
+
+
+def test_frozen_index_from_older_normalisation_is_refused(corpus: list[tuple[str, str]]) -> None:
+    config = DedupConfig()
+    index = DedupIndex(config)
+    index.add_batch(records(corpus[:5]), partition="p")
+    table = pa.ipc.open_stream(io.BytesIO(index.freeze())).read_all()
+    meta = json.loads(table.schema.metadata[b"llm_assets.dedup"])
+    del meta["signature_params"]["normalisation"]  # as written before "_" became a word character
+    old = table.replace_schema_metadata({"llm_assets.dedup": json.dumps(meta)})
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, old.schema) as writer:
+        writer.write_table(old)
+    with pytest.raises(ValueError, match="hashed with"):
+        DedupIndex.from_frozen(sink.getvalue(), config)

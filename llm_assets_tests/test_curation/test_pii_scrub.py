@@ -315,3 +315,15 @@ def test_resolution_keeps_longest_disjoint_spans(raw: list[tuple[int, int]]) -> 
             start,
             end,
         )
+
+
+def test_redaction_that_brings_a_number_into_context_is_scanned_again() -> None:
+    """'[AFM]' is shorter than the AFM it replaces, which brings the last checksum-valid number within the
+    context window of 'ΑΦΜ': the scrubber scans the redacted text again, so the re-scan check finds nothing."""
+    text = "ΑΦΜ 094014201 ; 00000000 ; 483082311 ; Άρθρο 5 ; 788420768"
+    out = scrub_batch(records([text], ["GR"]), load_policy("gr"), salt=SALT)
+    (kept,) = out.kept.column("text").to_pylist()
+    assert kept.endswith("Άρθρο 5 ; [AFM]") and "483082311" in kept
+    assert sum(rescan_clean([kept]).values()) == 0
+    assert out.events is not None and "gr_afm (rescan)" not in out.events.column("recognizer").to_pylist()
+    assert any(r.endswith("(rescan)") for r in out.events.column("recognizer").to_pylist())

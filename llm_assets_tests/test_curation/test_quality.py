@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llm_assets.curation.langid import language_sample
 from llm_assets.curation.quality import (
     RULES,
     LanguageThresholds,
     QualityConfig,
     identify_languages,
-    language_sample,
     measure,
     quality_filter_batch,
 )

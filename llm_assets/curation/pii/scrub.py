@@ -56,6 +56,9 @@ class PiiHit:
     score: float
 
 
+_MAX_SCAN_PASSES = 4
+
+
 def scan_text(
     text: str, policy_or_kinds: PiiPolicy | Collection[str], *, ner: NerBackend | None = None
 ) -> list[PiiHit]:
@@ -159,21 +162,32 @@ def scrub_batch(table: pa.Table, policy: PiiPolicy, *, salt: str, ner: NerBacken
             continue
         docs_with_pii += 1
         drops: Counter[str] = Counter()
-        for hit in hits:
-            action = policy.action_for(hit.kind, code)
-            hits_by_kind[hit.kind] += 1
-            if action == "drop":
-                drops[hit.kind] += 1
-            events["record_id"].append(record_id)
-            events["kind"].append(hit.kind)
-            events["start"].append(hit.start)
-            events["end"].append(hit.end)
-            events["recognizer"].append(hit.recognizer)
-            events["score"].append(hit.score)
-            events["action"].append(action)
-            events["value_hash"].append(value_hash(text[hit.start : hit.end], hit.kind, salt))
-            events["jurisdiction"].append(code)
-        redacted = redact_text(text, hits, policy, jurisdiction=code)
+        redacted, current, chars = text, text, 0
+        # Redaction shortens text, which can bring a checksum-valid number within reach of a context word
+        # ("ΑΦΜ ... 788420768"): scan the redacted text again until nothing new is found (bounded).
+        for scan_pass in range(_MAX_SCAN_PASSES):
+            for hit in hits:
+                action = policy.action_for(hit.kind, code)
+                hits_by_kind[hit.kind] += 1
+                if action == "drop":
+                    drops[hit.kind] += 1
+                events["record_id"].append(record_id)
+                events["kind"].append(hit.kind)
+                events["start"].append(hit.start)
+                events["end"].append(hit.end)
+                events["recognizer"].append(hit.recognizer if scan_pass == 0 else f"{hit.recognizer} (rescan)")
+                events["score"].append(hit.score)
+                events["action"].append(action)
+                events["value_hash"].append(value_hash(current[hit.start : hit.end], hit.kind, salt))
+                events["jurisdiction"].append(code)
+            redacted = redact_text(current, hits, policy, jurisdiction=code)
+            chars += sum(h.end - h.start for h in hits if policy.action_for(h.kind, code) != "keep")
+            if drops or redacted == current:
+                break
+            current = redacted
+            hits = [h for h in _resolve(_detect(current, kinds, ner)) if policy.action_for(h.kind, code) != "keep"]
+            if not hits:
+                break
         if drops:
             kind, count = min(drops.items(), key=lambda kv: (-kv[1], _KIND_ORDER[kv[0]]))
             others = ", ".join(f"{n} {k}" for k, n in sorted(drops.items()) if k != kind)
@@ -190,7 +204,7 @@ def scrub_batch(table: pa.Table, policy: PiiPolicy, *, salt: str, ner: NerBacken
             continue
         if redacted != text:
             redacted_docs += 1
-            chars_redacted += sum(h.end - h.start for h in hits if policy.action_for(h.kind, code) != "keep")
+            chars_redacted += chars
         new_texts.append(redacted)
         keep_mask.append(True)
 

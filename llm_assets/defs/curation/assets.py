@@ -261,7 +261,7 @@ def pii_scrubbed_shards(
 @dg.asset(
     deps=[pii_scrubbed_shards],
     group_name=GROUP,
-    code_version="deduplicated_shards-v1",
+    code_version="deduplicated_shards-v2",
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"parquet"},
     check_specs=check_specs("deduplicated_shards"),
