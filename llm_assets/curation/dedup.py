@@ -1020,7 +1020,8 @@ class DedupIndex:
         if meta["signature_params"] != config.signature_params():
             raise ValueError(
                 f"dedup: frozen index was hashed with {meta['signature_params']}, config has "
-                f"{config.signature_params()}; hash new sources with the same settings"
+                f"{config.signature_params()}; hash new sources with the same settings, or run one full "
+                "(non-incremental) dedup to rebuild the frozen index with this code's settings"
             )
         index = cls(config, workers=workers)
         n = table.num_rows
