@@ -237,6 +237,7 @@ def _ascii_map() -> np.ndarray:
 
 
 _ASCII_MAP = _ascii_map()
+_ASCII_SINGLE = (_ASCII_MAP[:256] & 0xFF).astype(np.uint8)  # pairs (0, b) -> b's mapping in the low byte
 _SIGMA, _FINAL_SIGMA, _MEDIAL_SIGMA = 0x3A3, 0x3C2, 0x3C3
 _OTHER, _CASED, _IGNORABLE = 0, 1, 2  # a character's part in the final-sigma rule
 
@@ -258,11 +259,16 @@ class _CodePoints:
         self.special = np.zeros(self.LIMIT, dtype=bool)
         self.sigma = np.zeros(self.LIMIT, dtype=np.uint8)
         self.lower = np.arange(self.LIMIT, dtype=np.uint32)
-        self.learn(np.arange(0x80, dtype=np.uint32))
+        # The same in one lookup for the compiled loop: lower | KNOWN | SEPARATOR | SPECIAL (bits 21-23).
+        self.packed = np.zeros(self.LIMIT, dtype=np.uint32)
+        # Every single byte value too: the sigma look-around reads a stray byte as the code point of its value.
+        self.learn(np.arange(0x100, dtype=np.uint32))
+
+    KNOWN, SEPARATOR, SPECIAL = 1 << 21, 1 << 22, 1 << 23
 
     def learn(self, cps: np.ndarray) -> None:
-        unseen = cps[~self.known[cps]]
-        for cp in np.unique(unseen).tolist():
+        unseen = np.unique(cps[~self.known[cps]])
+        for cp in unseen.tolist():
             char = chr(cp)
             low = char.lower() if cp != _SIGMA else chr(_MEDIAL_SIGMA)
             width = len(char.encode("utf-8", "surrogatepass"))
@@ -277,6 +283,12 @@ class _CodePoints:
             elif ("\u0391" + char + "\u03a3").lower()[-1] == "\u03c2":
                 self.sigma[cp] = _IGNORABLE
             self.known[cp] = True
+        self.packed[unseen] = (
+            self.lower[unseen]
+            | self.KNOWN
+            | np.where(self.separator[unseen], self.SEPARATOR, 0).astype(np.uint32)
+            | np.where(self.special[unseen], self.SPECIAL, 0).astype(np.uint32)
+        )
 
 
 @lru_cache(maxsize=1)
@@ -410,11 +422,41 @@ def _normalise(texts: _Texts) -> _Normalised:
     return _Normalised(buf, starts, np.maximum(sizes - 1, 0))
 
 
+@lru_cache(maxsize=1)
+def _compiled_kernels() -> Any:
+    """The numba loops (imported on first use: numba's import and the cached machine code cost ~0.3 s), or
+    None where numba is missing or cannot keep its cache (`NUMBA_CACHE_DIR` fixes a read-only install); the
+    numpy passes then give the same bytes, slower."""
+    try:
+        from llm_assets.curation import _utf8_kernels
+    except (ImportError, RuntimeError):  # pragma: no cover - numba is a dependency
+        return None
+    return _utf8_kernels
+
+
 def _normalise_pieces(pieces: Sequence[bytes | memoryview]) -> tuple[_Normalised, np.ndarray]:
     """`_normalise` of UTF-8 docs, and the docs whose result is wrong until they are lowercased by `str.lower`."""
     table = _code_points()
     raw, raw_starts = _joined(pieces)
     size = int(raw_starts[-1]) + len(pieces[-1]) + 1 if len(pieces) else 0
+    kernels = _compiled_kernels()
+    if kernels is not None and len(pieces):
+        while True:
+            buf, starts, lengths, flags, unknown = kernels.normalise_bytes(
+                raw, raw_starts, size, _ASCII_SINGLE, table.packed, table.sigma
+            )
+            if unknown < 0:
+                return _Normalised(buf, starts, lengths), np.flatnonzero(flags)
+            # Learn whole 128-code-point blocks: a script's first character brings its neighbours, so a
+            # corpus stops the loop about once per script rather than once per batch with a new letter.
+            blocks = np.unique(kernels.unknown_code_points(raw, size, table.known) >> 7)
+            table.learn((blocks[:, None] * 128 + np.arange(128, dtype=np.uint32)).ravel())
+    return _normalise_pieces_numpy(raw, raw_starts, size)
+
+
+def _normalise_pieces_numpy(raw: np.ndarray, raw_starts: np.ndarray, size: int) -> tuple[_Normalised, np.ndarray]:
+    """The same in numpy passes: the reference for the compiled loop, and the path where numba is missing."""
+    table = _code_points()
     lead, cps, width = _decode_leads(raw, size)
     table.learn(cps)
     lower = table.lower[cps]

@@ -518,3 +518,34 @@ def test_frozen_index_from_older_normalisation_is_refused(corpus: list[tuple[str
         writer.write_table(old)
     with pytest.raises(ValueError, match="hashed with"):
         DedupIndex.from_frozen(sink.getvalue(), config)
+
+
+BYTES = st.binary(max_size=24).map(lambda b: b.replace(b"\n", b" "))  # malformed UTF-8 included
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    docs=st.lists(
+        st.text(alphabet=st.sampled_from(TRICKY), max_size=16).map(lambda t: t.encode("utf-8", "surrogatepass"))
+        | st.text(max_size=16).map(lambda t: t.encode("utf-8", "surrogatepass"))
+        | BYTES,
+        max_size=8,
+    )
+)
+def test_compiled_normalisation_gives_the_numpy_bytes(docs: list[bytes]) -> None:
+    """The numba loop and the numpy passes agree byte for byte, malformed sequences and stray bytes included
+    (the sigma look-around then reads a stray byte as a code point)."""
+    from llm_assets.curation import dedup
+
+    kernels = dedup._compiled_kernels()
+    assert kernels is not None, "numba is a dependency: the compiled normalisation must load"
+    compiled, compiled_special = dedup._normalise_pieces(docs)
+    raw, starts = dedup._joined(docs)
+    size = int(starts[-1]) + len(docs[-1]) + 1 if docs else 0
+    reference, reference_special = (
+        dedup._normalise_pieces_numpy(raw, starts, size) if docs else (compiled, compiled_special)
+    )
+    assert bytes(compiled.buf) == bytes(reference.buf)
+    assert compiled.starts.tolist() == reference.starts.tolist()
+    assert compiled.lengths.tolist() == reference.lengths.tolist()
+    assert compiled_special.tolist() == reference_special.tolist()

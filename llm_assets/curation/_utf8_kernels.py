@@ -1,0 +1,206 @@
+"""Compiled (numba) loops over UTF-8 bytes for dedup normalisation: one pass per batch instead of a dozen
+numpy passes, which is what lets exact dedup keep up with Parquet reads.
+
+They implement exactly what `dedup._normalise_pieces` defines (the numpy version stays as the reference and
+the fallback where numba cannot compile): every byte >= 0xC0 is decoded on its own, malformed sequences keep
+their bytes, a capital sigma takes its final or medial form by the look-around `str.lower` uses (at most
+four case-ignorable characters skipped each way), and a character whose lowercase has another UTF-8 length
+marks its document for `str.lower`. Tables come from `dedup._CodePoints` (`packed`: the lowercase code point
+and flag bits, one lookup per character); every single byte value must have been learnt, and
+`normalise_bytes` stops at the first code point that has not (`unknown_code_points` lists them all).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+_OTHER, _CASED, _IGNORABLE = 0, 1, 2
+_SIGMA, _FINAL_SIGMA, _MEDIAL_SIGMA = 0x3A3, 0x3C2, 0x3C3
+_KNOWN, _SEPARATOR, _SPECIAL = 1 << 21, 1 << 22, 1 << 23  # bits of `packed` above the lowercase code point
+
+
+@njit(cache=True, nogil=True)
+def _decode(raw: np.ndarray, i: int) -> tuple[Any, int]:
+    """(code point, width) of the sequence whose lead byte (>= 0xC0) is raw[i]; width 0 when malformed.
+    raw is padded with zero bytes, so raw[i + 3] exists."""
+    b0 = np.int64(raw[i])
+    b1 = np.int64(raw[i + 1])
+    if (b1 & 0xC0) != 0x80:
+        return 0, 0
+    if b0 < 0xE0:
+        return ((b0 & 0x1F) << 6) | (b1 & 0x3F), 2
+    b2 = np.int64(raw[i + 2])
+    if (b2 & 0xC0) != 0x80:
+        return 0, 0
+    three = ((b0 & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F)
+    if b0 < 0xF0:
+        return three, 3
+    b3 = np.int64(raw[i + 3])
+    if (b3 & 0xC0) != 0x80 or b0 >= 0xF8:
+        return 0, 0
+    wide = ((b0 & 0x07) << 18) | ((three & 0xFFF) << 6) | (b3 & 0x3F)
+    return min(wide, 0x10FFFF), 4
+
+
+@njit(cache=True, nogil=True)
+def unknown_code_points(raw: np.ndarray, size: int, known: np.ndarray) -> np.ndarray:
+    """The code points of well-formed multi-byte characters in raw[:size] not yet in `known` (with repeats;
+    counted first, so the common case, none, allocates nothing)."""
+    count = 0
+    for i in range(size):
+        if raw[i] >= 0xC0:
+            cp, width = _decode(raw, i)
+            if width and not known[cp]:
+                count += 1
+    out = np.empty(count, dtype=np.uint32)
+    if count:
+        count = 0
+        for i in range(size):
+            if raw[i] >= 0xC0:
+                cp, width = _decode(raw, i)
+                if width and not known[cp]:
+                    out[count] = cp
+                    count += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _char_before(raw: np.ndarray, pos: int) -> tuple[Any, int]:
+    """The character ending just before `pos`: (code point, its start). A byte that does not end a
+    well-formed sequence counts as the code point of its value (as in the numpy version)."""
+    for back in range(1, 5):
+        j = pos - back
+        if j < 0:
+            break
+        if raw[j] >= 0xC0:
+            cp, width = _decode(raw, j)
+            if width:
+                if j + width == pos:
+                    return cp, j
+                break
+    return np.int64(raw[max(pos - 1, 0)]), pos - 1
+
+
+@njit(cache=True, nogil=True)
+def _char_at(raw: np.ndarray, pos: int) -> tuple[Any, int]:
+    """The character starting at `pos`: (code point, where the next one starts)."""
+    if raw[pos] >= 0xC0:
+        cp, width = _decode(raw, pos)
+        if width:
+            return cp, pos + width
+    return np.int64(raw[pos]), pos + 1
+
+
+@njit(cache=True, nogil=True)
+def _sigma_form(raw: np.ndarray, lead: int, sigma: np.ndarray) -> Any:
+    """Final (U+03C2) or medial (U+03C3) form of the capital sigma at `lead`; 0 when four case-ignorable
+    characters in a row leave it undecided (the document then goes through `str.lower`)."""
+    prev = _IGNORABLE
+    pos = lead
+    for _ in range(4):
+        cp, start = _char_before(raw, pos)
+        prev = sigma[cp] if pos > 0 else _OTHER
+        pos = start
+        if prev != _IGNORABLE:
+            break
+    nxt = _IGNORABLE
+    pos = lead + 2
+    for _ in range(4):
+        cp, pos = _char_at(raw, pos)
+        nxt = sigma[cp]
+        if nxt != _IGNORABLE:
+            break
+    if prev == _OTHER or nxt == _CASED:
+        return _MEDIAL_SIGMA
+    if prev == _CASED and nxt == _OTHER:
+        return _FINAL_SIGMA
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def normalise_bytes(
+    raw: np.ndarray,
+    starts: np.ndarray,
+    size: int,
+    ascii_single: np.ndarray,
+    packed: np.ndarray,
+    sigma: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Normalise the "\n"-terminated docs of raw[:size] (doc d starts at starts[d]) in one pass: ASCII
+    lowercased, separators a space, runs of spaces one space, leading spaces dropped (so each non-empty doc
+    ends with one space, from its "\n", which its length leaves out). A multi-byte sequence never crosses
+    a doc's end: "\n" is not a continuation byte.
+    Returns (buf, doc starts in buf, doc lengths, flags: 1 where the doc needs `str.lower`, -1) or, as soon
+    as a code point not learnt turns up, empty arrays and that code point (learn it, call again)."""
+    n_docs = starts.size
+    buf = np.empty(size, dtype=np.uint8)
+    doc_starts = np.zeros(n_docs, dtype=np.int64)
+    lengths = np.zeros(n_docs, dtype=np.int64)
+    flags = np.zeros(n_docs, dtype=np.uint8)
+    w = 0
+    for d in range(n_docs):
+        end = starts[d + 1] if d + 1 < n_docs else size
+        doc_starts[d] = w
+        previous_space = True
+        i = starts[d]
+        while i < end:
+            byte = raw[i]
+            while byte < 0xC0:  # ASCII through the table; continuation and stray bytes as they are
+                mapped = ascii_single[byte]
+                buf[w] = mapped  # always written; kept (w advances) unless a space follows a space
+                space = mapped == 0x20
+                w += not (space and previous_space)
+                previous_space = space
+                i += 1
+                if i == end:
+                    break
+                byte = raw[i]
+            if i == end:
+                break
+            cp, width = _decode(raw, i)
+            if not width:
+                buf[w] = byte
+                w += 1
+                previous_space = False
+                i += 1
+                continue
+            info = packed[cp]
+            if not info & _KNOWN:
+                return buf[:0], doc_starts, lengths, flags, cp
+            if info & _SPECIAL:
+                flags[d] = 1
+            if info & _SEPARATOR:
+                buf[w] = 0x20
+                w += not previous_space
+                previous_space = True
+                i += width
+                continue
+            low = np.int64(info & 0x1FFFFF)
+            if cp == _SIGMA:
+                low = _sigma_form(raw, i, sigma)
+                if low == 0:
+                    flags[d] = 1
+                    low = cp
+            if low == cp:
+                for k in range(width):
+                    buf[w + k] = raw[i + k]
+            elif width == 2:
+                buf[w] = 0xC0 | (low >> 6)
+                buf[w + 1] = 0x80 | (low & 0x3F)
+            elif width == 3:
+                buf[w] = 0xE0 | (low >> 12)
+                buf[w + 1] = 0x80 | ((low >> 6) & 0x3F)
+                buf[w + 2] = 0x80 | (low & 0x3F)
+            else:
+                buf[w] = 0xF0 | (low >> 18)
+                buf[w + 1] = 0x80 | ((low >> 12) & 0x3F)
+                buf[w + 2] = 0x80 | ((low >> 6) & 0x3F)
+                buf[w + 3] = 0x80 | (low & 0x3F)
+            w += width
+            previous_space = False
+            i += width
+        lengths[d] = max(w - doc_starts[d] - 1, 0)
+    return buf[:w], doc_starts, lengths, flags, -1
