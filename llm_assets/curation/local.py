@@ -6,6 +6,8 @@ It runs exactly the functions the assets run, against a lake in `OUT/.lake`, the
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import re
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -169,8 +172,11 @@ def curate_paths(
     stages.append(_stage_figures("pii", per_source))
     dedup_run, _clusters = pipeline.dedup_sources(storage, sources, settings.dedup, **kw)
     stages.append(_stage_figures("dedup", [dedup_run]))
+    del _clusters
+    release_memory()
     quality_run = pipeline.quality_sources(storage, sources, settings.quality, **kw)
     stages.append(_stage_figures("quality", [quality_run]))
+    release_memory()
     models = pipeline.train_reference_models(storage, settings.reference_sources or sources, settings.perplexity)
     model_hashes = pipeline.save_reference_models(storage, models)
     ppl_run, bounds = pipeline.perplexity_sources(storage, sources, models, settings.perplexity, **kw)
@@ -219,6 +225,17 @@ def curate_paths(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS between stages (glibc keeps it otherwise), so the peak RSS of a long
+    run is one stage's working set, not the sum of every stage's leftovers."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def _stage_figures(stage: str, runs: Sequence[pipeline.StageRun]) -> dict[str, Any]:

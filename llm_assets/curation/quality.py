@@ -7,6 +7,7 @@ can be tuned from the reject table alone. Features are computed for the whole ba
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -191,13 +192,36 @@ def _stopword_table(languages: frozenset[str]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"lang": pl.String, "word": pl.String}, orient="row")
 
 
+MEASURE_BATCH_CHARS = 1 << 20  # per-word frames take ~30x the text: measuring in ~1 MB pieces bounds that
+
+
 def measure(texts: list[str], languages: list[str], blocklist: frozenset[str] = frozenset()) -> pl.DataFrame:
     """The quality features of each text, one row per text in input order.
 
-    Columns: chars, nonspace_chars, symbols, words, stopwords (null where the language has no list),
-    lines, duplicate_lines, top_ngram_chars (characters covered by the most frequent word 2-gram when it
-    occurs at least twice, else 0), blocklist_hits.
+    Columns: doc (the text's position), chars, nonspace_chars, symbols, words, stopwords (null where the
+    language has no list), lines, duplicate_lines, top_ngram_chars (characters covered by the most frequent
+    word 2-gram when it occurs at least twice, else 0), blocklist_hits.
+    Every feature is per text, so texts are measured in pieces of about MEASURE_BATCH_CHARS characters: the
+    same rows, with memory bounded by the piece rather than the shard.
     """
+    bounds = [0]
+    size = 0
+    for i, text in enumerate(texts):
+        size += len(text)
+        if size >= MEASURE_BATCH_CHARS and i + 1 < len(texts):
+            bounds.append(i + 1)
+            size = 0
+    bounds.append(len(texts))
+    if len(bounds) == 2:
+        return _measure_piece(texts, languages, blocklist)
+    pieces = [
+        _measure_piece(texts[lo:hi], languages[lo:hi], blocklist).with_columns(pl.col("doc") + lo)
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+    return pl.concat(pieces, how="vertical_relaxed")
+
+
+def _measure_piece(texts: list[str], languages: list[str], blocklist: frozenset[str]) -> pl.DataFrame:
     n = len(texts)
     docs = pl.DataFrame(
         {"doc": np.arange(n, dtype=np.int64), "text": texts, "lang": languages},

@@ -255,6 +255,19 @@ def test_measure_counts_features() -> None:
     assert rows[2]["symbols"] == 1 and rows[2]["nonspace_chars"] == 4
 
 
+
+def test_measure_in_pieces_gives_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measuring ~1 MB at a time (memory bounded by the piece) changes no feature and no row order."""
+    from llm_assets.curation import quality
+
+    texts = [ENGLISH, "", GREEK, "spam spam " * 60, "a b a b\nx\nx", "How do I top up my card?"] * 3
+    languages = ["en", "en", "el", "en", "en", "en"] * 3
+    whole = measure(texts, languages, frozenset({"x"}))
+    monkeypatch.setattr(quality, "MEASURE_BATCH_CHARS", 40)
+    pieces = measure(texts, languages, frozenset({"x"}))
+    assert pieces.to_dicts() == whole.to_dicts() and pieces.get_column("doc").to_list() == list(range(len(texts)))
+
+
 texts_strategy = st.one_of(
     st.text(max_size=300),
     st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
