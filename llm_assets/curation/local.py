@@ -6,6 +6,7 @@ It runs exactly the functions the assets run, against a lake in `OUT/.lake`, the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -232,10 +233,8 @@ def release_memory() -> None:
     run is one stage's working set, not the sum of every stage's leftovers."""
     gc.collect()
     pa.default_memory_pool().release_unused()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass
 
 
 def _stage_figures(stage: str, runs: Sequence[pipeline.StageRun]) -> dict[str, Any]:
