@@ -255,7 +255,6 @@ def test_measure_counts_features() -> None:
     assert rows[2]["symbols"] == 1 and rows[2]["nonspace_chars"] == 4
 
 
-
 def test_measure_in_pieces_gives_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """Measuring ~1 MB at a time (memory bounded by the piece) changes no feature and no row order."""
     from llm_assets.curation import quality
