@@ -37,7 +37,7 @@ sample of up to 1500 of) all drops: the share whose true J with the doc the tool
 .venv-bench/ (the peers, plus what ours imports, at the project's pins):
     python3 -m venv .venv-bench && .venv-bench/bin/pip install numpy==2.4.6 polars==2.1.0 pyarrow==26.0.1 \
         pydantic==2.14.3 datasketch==2.0.0 rensa==0.5.0 datatrove==0.10.1 tokenizers orjson 'xxhash<4' \
-        regex spacy psutil
+        regex spacy psutil numba==0.68.1
 """
 
 from __future__ import annotations

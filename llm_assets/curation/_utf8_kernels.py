@@ -204,3 +204,66 @@ def normalise_bytes(
             i += width
         lengths[d] = max(w - doc_starts[d] - 1, 0)
     return buf[:w], doc_starts, lengths, flags, -1
+
+
+@njit(cache=True, nogil=True)
+def word_hashes(
+    buf: np.ndarray, doc_starts: np.ndarray, doc_lengths: np.ndarray, base: np.uint64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Polynomial hash sum((byte + 1) * base**k) mod 2**64 of every word (space-separated run) of each
+    normalised doc buf[doc_starts[d]:doc_starts[d] + doc_lengths[d]], unmixed; and the words per doc.
+    The same values as `dedup._segment_hashes` before its mixing step."""
+    out = np.empty(buf.size // 2 + 1, dtype=np.uint64)
+    per_doc = np.zeros(doc_starts.size, dtype=np.int64)
+    one = np.uint64(1)
+    count = 0
+    for d in range(doc_starts.size):
+        begin = doc_starts[d]
+        end = begin + doc_lengths[d]
+        if end == begin:
+            continue
+        h = np.uint64(0)
+        power = one
+        words = 0
+        for i in range(begin, end):
+            byte = buf[i]
+            if byte == 0x20:
+                out[count] = h
+                count += 1
+                words += 1
+                h = np.uint64(0)
+                power = one
+            else:
+                h += (np.uint64(byte) + one) * power
+                power *= base
+        out[count] = h  # the last word (a normalised doc neither starts nor ends with a space)
+        count += 1
+        per_doc[d] = words + 1
+    return out[:count], per_doc
+
+
+@njit(cache=True, nogil=True)
+def shingle_sums(
+    units: np.ndarray, per_doc: np.ndarray, n: int, multipliers: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """sum(units[first + k] * multipliers[k]) mod 2**64 over each n-gram of consecutive units within a doc
+    (a doc shorter than n is one shingle of all its units), unmixed; and the shingles per doc."""
+    windows = np.empty(per_doc.size, dtype=np.int64)
+    total = 0
+    for d in range(per_doc.size):
+        count = per_doc[d]
+        windows[d] = count - n + 1 if count >= n else min(count, 1)
+        total += windows[d]
+    out = np.empty(total, dtype=np.uint64)
+    unit = 0
+    w = 0
+    for d in range(per_doc.size):
+        width = min(per_doc[d], n)
+        for s in range(windows[d]):
+            acc = np.uint64(0)
+            for k in range(width):
+                acc += units[unit + s + k] * multipliers[k]
+            out[w] = acc
+            w += 1
+        unit += per_doc[d]
+    return out, windows

@@ -546,6 +546,15 @@ def _unit_hashes(norm: _Normalised, ngram: str) -> tuple[np.ndarray, np.ndarray]
     buf = norm.buf
     if buf.size == 0:
         return np.zeros(0, np.uint64), np.zeros(norm.starts.size, np.int64)
+    kernels = _compiled_kernels()
+    if ngram == "word" and kernels is not None:
+        sums, per_doc = kernels.word_hashes(buf, norm.starts, norm.lengths, _U64(_POLY_BASE))
+        return _mix64(sums), per_doc
+    return _unit_hashes_numpy(norm, ngram)
+
+
+def _unit_hashes_numpy(norm: _Normalised, ngram: str) -> tuple[np.ndarray, np.ndarray]:
+    buf = norm.buf
     if ngram == "word":
         space = buf == 0x20
         body = ~space
@@ -565,6 +574,14 @@ def _unit_hashes(norm: _Normalised, ngram: str) -> tuple[np.ndarray, np.ndarray]
 
 def _shingles(units: np.ndarray, per_doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """64-bit hash of every n-gram of consecutive units within a doc (a doc shorter than n is one shingle)."""
+    kernels = _compiled_kernels()
+    if kernels is not None:
+        sums, windows = kernels.shingle_sums(units, per_doc.astype(np.int64), n, _NGRAM_MULTIPLIERS)
+        return _mix64(sums), windows
+    return _shingles_numpy(units, per_doc, n)
+
+
+def _shingles_numpy(units: np.ndarray, per_doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     windows = np.where(per_doc >= n, per_doc - n + 1, np.minimum(per_doc, 1))
     unit_off = np.zeros(per_doc.size, np.int64)
     np.cumsum(per_doc[:-1], out=unit_off[1:])

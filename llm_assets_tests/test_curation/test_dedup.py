@@ -549,3 +549,23 @@ def test_compiled_normalisation_gives_the_numpy_bytes(docs: list[bytes]) -> None
     assert compiled.starts.tolist() == reference.starts.tolist()
     assert compiled.lengths.tolist() == reference.lengths.tolist()
     assert compiled_special.tolist() == reference_special.tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet=st.sampled_from([*TRICKY, " ", "a", "b", "x"]), max_size=40), max_size=8),
+    n=st.integers(min_value=1, max_value=6),
+)
+def test_compiled_word_and_shingle_hashes_give_the_numpy_values(texts: list[str], n: int) -> None:
+    """Word hashes and n-gram shingles from the numba loops equal the numpy passes (stored signatures and
+    frozen indexes depend on these exact values)."""
+    from llm_assets.curation import dedup
+
+    norm = dedup._normalise(texts)
+    units, per_doc = dedup._unit_hashes(norm, "word")
+    if norm.buf.size:
+        reference_units, reference_per_doc = dedup._unit_hashes_numpy(norm, "word")
+        assert units.tolist() == reference_units.tolist() and per_doc.tolist() == reference_per_doc.tolist()
+    shingles, windows = dedup._shingles(units, per_doc, n)
+    reference_shingles, reference_windows = dedup._shingles_numpy(units, per_doc, n)
+    assert shingles.tolist() == reference_shingles.tolist() and windows.tolist() == reference_windows.tolist()
