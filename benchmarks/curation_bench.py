@@ -114,7 +114,8 @@ def main() -> None:
             [sys.executable, str(HERE / "bench_dedup.py"), "--mb", str(args.mb), "--python", peer], "dedup"
         )
     if "pii" not in skip:
-        codes["pii"] = run_child([peer, str(HERE / "bench_pii.py"), "--mb", str(args.pii_mb)], "PII")
+        # The project's interpreter: the PII bench imports llm_assets and faker (Presidio is found if installed).
+        codes["pii"] = run_child([sys.executable, str(HERE / "bench_pii.py"), "--mb", str(args.pii_mb)], "PII")
     if "langid" not in skip:
         codes["langid"] = run_child([sys.executable, str(HERE / "bench_langid.py")], "language ID")
     if "chain" not in skip:
