@@ -1,5 +1,6 @@
-"""Compiled (numba) loops over UTF-8 bytes for dedup normalisation: one pass per batch instead of a dozen
-numpy passes, which is what lets exact dedup keep up with Parquet reads.
+"""Compiled (numba) loops for dedup: normalisation over UTF-8 bytes, word hashes and n-gram shingle sums,
+one pass per batch instead of a dozen numpy passes each. `dedup` keeps the numpy versions as the reference
+(tests compare both) and as the fallback where numba cannot load.
 
 They implement exactly what `dedup._normalise_pieces` defines (the numpy version stays as the reference and
 the fallback where numba cannot compile): every byte >= 0xC0 is decoded on its own, malformed sequences keep

@@ -35,7 +35,9 @@ class TrainingConfig(BaseModel):
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Steps summed per optimizer step.")
     max_length: int = Field(default=256, ge=16, description="Tokens per sequence (CPT packs text to this length).")
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        default="auto", description="auto: bf16 where the CPU (AVX-512 bf16/AMX) or GPU supports it."
+        default="auto",
+        description="auto: bf16 on a CUDA GPU that supports it, fp32 on CPUs (bf16 there only when asked: its "
+        "numbers differ between CPUs with and without AVX-512 BF16/AMX).",
     )
     train_completion_tokens: bool = Field(
         default=True,

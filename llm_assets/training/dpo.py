@@ -161,13 +161,10 @@ class DpoConfig(BaseModel):
 
 
 def bf16_supported() -> bool:
-    """bf16 on the device training will use: CUDA's own check, else the CPU's AVX-512 BF16 or AMX units."""
+    """bf16 for precision "auto": a CUDA GPU with bf16 only; CPUs stay fp32 (see `trainer.bf16_supported`)."""
     import torch
 
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    cpu_checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu has no public check
-    return any(bool(getattr(torch.cpu, check, lambda: False)()) for check in cpu_checks)
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def resolve_precision(precision: str) -> str:

@@ -119,14 +119,13 @@ def _fields(config: TrainingConfig) -> tuple[str, ...]:
 
 
 def bf16_supported() -> bool:
-    """bf16 where it is fast: a CUDA GPU with bf16, or a CPU with AVX-512 bf16 or AMX."""
+    """What precision "auto" picks bf16 for: a CUDA GPU with bf16. On a CPU "auto" stays fp32 even where
+    AVX-512 BF16 or AMX would run bf16 (ask for precision="bf16" there): bf16 autocast on a CPU changes
+    the numbers between CPUs with and without those units, so the same run would pass its gates on one
+    machine and fail them on another, and the small models trained on CPUs learn measurably worse in it."""
     import torch
 
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    cpu = getattr(torch, "cpu", None)
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def use_bf16(config: TrainingConfig) -> bool:

@@ -119,7 +119,21 @@ def test_intent_pairs_need_two_labels() -> None:
 def test_config_fails_fast(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         DpoConfig(**kwargs)
-    assert resolve_precision("fp32") == "fp32" and resolve_precision("auto") in ("bf16", "fp32")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+
+
+def test_auto_precision_is_fp32_on_cpus() -> None:
+    """"auto" means bf16 only on a CUDA GPU: a CPU with AMX/AVX-512 BF16 would otherwise train the same run to
+    different numbers (and gate results) than one without."""
+    import torch
+
+    from llm_assets.training.config import TrainingConfig
+    from llm_assets.training.trainer import use_bf16
+
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert resolve_precision("auto") == ("bf16" if gpu_bf16 else "fp32")
+    assert use_bf16(TrainingConfig(precision="auto")) is gpu_bf16
+    assert use_bf16(TrainingConfig(precision="bf16")) is True
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -852,6 +852,9 @@ def dpo_adapter(
             "before": result["preference_accuracy_before"],
             "after": result["preference_accuracy_after"],
             "min_gain": config.min_accuracy_gain,
+            # Accuracy saturates at 1.0; the mean log-prob margin (chosen - rejected) still shows the shift.
+            "logprob_margin_before": result["logprob_margin_before"],
+            "logprob_margin_after": result["logprob_margin_after"],
         },
     )
     record_check(
