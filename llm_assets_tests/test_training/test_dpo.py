@@ -123,7 +123,7 @@ def test_config_fails_fast(kwargs: dict[str, Any], message: str) -> None:
 
 
 def test_auto_precision_is_fp32_on_cpus() -> None:
-    """"auto" means bf16 only on a CUDA GPU: a CPU with AMX/AVX-512 BF16 would otherwise train the same run to
+    """Precision "auto" means bf16 only on a CUDA GPU: a CPU with AMX/AVX-512 BF16 would otherwise train the same run to
     different numbers (and gate results) than one without."""
     import torch
 
