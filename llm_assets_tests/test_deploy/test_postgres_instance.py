@@ -153,10 +153,16 @@ def test_sensor_tick_two_concurrent_runs_and_a_killed_daemon(production_home: di
             )
             runs = instance.get_runs(dg.RunsFilter(tags={"llm_assets/trigger": "landing_sensor"}))
             assert {r.tags["dagster/partition"] for r in runs} == {"udhr", "banking77"}
-            # Both are dequeued and start side by side (max_concurrent_runs 8 in deploy/dagster.yaml).
+            # Both are dequeued and start side by side (max_concurrent_runs 8 in deploy/dagster.yaml). Wait for
+            # their run workers (STARTED), not just the launch (STARTING): a run killed mid-launch is the run
+            # monitor's case, reclaimed only after start_timeout_seconds.
             _wait(
                 "both runs started",
-                lambda: all(instance.get_run_by_id(r.run_id).status not in WAITING for r in runs),
+                lambda: all(
+                    instance.get_run_by_id(r.run_id).status == dg.DagsterRunStatus.STARTED
+                    or instance.get_run_by_id(r.run_id).is_finished
+                    for r in runs
+                ),
                 240,
                 log,
             )
