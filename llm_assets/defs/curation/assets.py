@@ -303,7 +303,7 @@ def deduplicated_shards(
 @dg.asset(
     deps=[deduplicated_shards],
     group_name=GROUP,
-    code_version="quality_filtered_shards-v1",
+    code_version="quality_filtered_shards-v2",  # v2: lingua decides no/nn/da and ms/id
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"parquet"},
     check_specs=check_specs("quality_filtered_shards"),
