@@ -64,6 +64,8 @@ ISO639_3_TO_LID = {
     "als": "sq", "srp": "sr", "swe": "sv", "swa": "sw", "swh": "sw", "tam": "ta", "tat": "tt", "tel": "te",
     "tgl": "tl", "tha": "th", "tuk": "tk", "tur": "tr", "uig": "ug", "ukr": "uk", "urd": "ur", "uzb": "uz",
     "uzn": "uz", "vie": "vi", "war": "war", "wuu": "wuu", "yid": "yi", "yue": "yue",
+    # codes a source may declare that the detector spells differently: Bokmål's ISO 639-1 code, Malay, Filipino
+    "nb": "no", "zlm": "ms", "fil": "tl",
 }  # fmt: skip
 
 
@@ -134,6 +136,18 @@ class QualityConfig(BaseModel):
         if value is not None and not value:
             raise ValueError("allowed_languages is empty, which would reject every document; use null for any")
         return None if value is None else [_normalise_hint(code) or code for code in value]
+
+    @field_validator("per_language")
+    @classmethod
+    def _detector_keys(cls, value: dict[str, LanguageThresholds]) -> dict[str, LanguageThresholds]:
+        """Per-language overrides may be keyed by ISO 639-3 too ('ell', 'nob'), like `allowed_languages`."""
+        keyed: dict[str, LanguageThresholds] = {}
+        for code, thresholds in value.items():
+            language = _normalise_hint(code) or code
+            if language in keyed:
+                raise ValueError(f"per_language has two entries for '{language}' ('{code}' and another); keep one")
+            keyed[language] = thresholds
+        return keyed
 
     @field_serializer("per_language")
     def _partial_overrides(self, value: dict[str, LanguageThresholds]) -> dict[str, dict[str, Any]]:

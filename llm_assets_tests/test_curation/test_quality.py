@@ -229,6 +229,12 @@ def test_config_round_trips_with_partial_overrides_and_accepts_iso639_3() -> Non
         per_language={"el": {"min_chars": 5}},  # type: ignore[dict-item]
     )
     assert config.allowed_languages == ["el", "en"]
+    # Bokmål's ISO 639-1 code and Standard Malay's 639-3 code are the detector's "no" and "ms".
+    assert QualityConfig(allowed_languages=["nb", "nob", "zlm"]).allowed_languages == ["no", "no", "ms"]
+    norwegian = QualityConfig(per_language={"nob": {"min_chars": 7}})  # type: ignore[dict-item]
+    assert norwegian.thresholds_for("no").min_chars == 7
+    with pytest.raises(ValueError, match="two entries for 'no'"):
+        QualityConfig(per_language={"nob": {"min_chars": 7}, "no": {"min_chars": 9}})  # type: ignore[dict-item]
     restored = QualityConfig.model_validate_json(config.model_dump_json())
     assert restored == config
     assert restored.thresholds_for("el") == config.thresholds_for("el")
