@@ -248,7 +248,26 @@ def ingest(folder: Path, name: str | None, stage_only: bool) -> None:
         raise SystemExit(1)
 
 
-@main.command()
+# Static (importing the settings model would load the whole curation stack for every command's --help);
+# a test checks the keys against CurationSettings and that the example loads.
+CURATE_SETTINGS_KEYS = (
+    "pii_policy, normalize, dedup, quality, perplexity, reference_sources, split_ratios, split_salt, max_file_mb, "
+    "max_rows_per_shard, pii_salt"
+)
+CURATE_SETTINGS_EXAMPLE = """\
+max_rows_per_shard: 20000
+dedup: {threshold: 0.8, keep_rule: longest, paragraph_level: true}
+quality: {allowed_languages: [el, en], refine_close_languages: true}
+perplexity: {upper_percentile: 99.0}
+split_ratios: {train: 0.9, dev: 0.05, test: 0.05}
+"""
+_CURATE_EPILOG = (
+    f"\b\nSettings YAML (--config), every key optional with the assets' defaults: {CURATE_SETTINGS_KEYS}.\n"
+    "For example:\n" + "".join(f"  {line}\n" for line in CURATE_SETTINGS_EXAMPLE.splitlines())
+)
+
+
+@main.command(epilog=_CURATE_EPILOG)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--profile", help="PII policy profile: default, eu-gdpr, gr, or a YAML path.")

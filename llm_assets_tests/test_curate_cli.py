@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from llm_assets.cli import main
+from llm_assets.cli import CURATE_SETTINGS_EXAMPLE, CURATE_SETTINGS_KEYS, main
+from llm_assets.curation.local import CurationSettings, load_settings
 
 
 def test_curate_writes_kept_rejected_clusters_and_manifest(tmp_path: Path) -> None:
@@ -56,3 +57,13 @@ def test_curate_bad_config_is_one_line_error(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "threshold" in result.output and "Traceback" not in result.output
+
+
+def test_curate_help_lists_every_settings_key_and_an_example_that_loads(tmp_path: Path) -> None:
+    assert CURATE_SETTINGS_KEYS.split(", ") == list(CurationSettings.model_fields)
+    config = tmp_path / "settings.yaml"
+    config.write_text(CURATE_SETTINGS_EXAMPLE, encoding="utf-8")
+    settings = load_settings(config, None)
+    assert settings.max_rows_per_shard == 20_000 and settings.quality.allowed_languages == ["el", "en"]
+    help_text = CliRunner().invoke(main, ["curate", "--help"]).output
+    assert "max_rows_per_shard" in help_text and "refine_close_languages: true" in help_text
