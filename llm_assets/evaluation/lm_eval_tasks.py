@@ -205,6 +205,53 @@ def _scores(
     return metrics, samples
 
 
+def _simple_evaluate(
+    backend: str,
+    model_args: Mapping[str, Any],
+    task_dir: Path,
+    task_names: Sequence[str],
+    num_fewshot: int,
+    batch_size: int,
+    limit: int | None,
+    seed: int,
+) -> dict[str, Any] | None:
+    """lm-eval on our task folder only, every seed pinned, no stderr bootstrap, no per-sample log."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    results: dict[str, Any] | None = simple_evaluate(
+        model=backend,
+        model_args=dict(model_args),
+        tasks=list(task_names),
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        limit=limit,
+        bootstrap_iters=0,
+        log_samples=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    return results
+
+
+def _run_manifest(
+    tasks_manifest: dict[str, Any], num_fewshot: int, seed: int, limit: int | None, batch_size: int
+) -> dict[str, Any]:
+    """What any lm-eval run records, whichever backend scored it."""
+    return {
+        "lm_eval_version": _package_version("lm_eval"),
+        "tasks": tasks_manifest,
+        "num_fewshot": num_fewshot,
+        "fewshot_seed": seed,
+        "seed": seed,
+        "limit": limit,
+        "batch_size": batch_size,
+    }
+
+
 def run_local(
     task_dir: Path,
     task_names: Sequence[str],
@@ -224,9 +271,6 @@ def run_local(
     prompt-logprob requests. Sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE in this process so that nothing is
     fetched; stderr is not computed (`bootstrap_iters=0`) to keep small sets fast.
     """
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
     if not (model_dir / "config.json").is_file():
         raise EvalTaskError(f"{model_dir}: no config.json; stage the model folder before evaluating")
     if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
@@ -238,32 +282,12 @@ def run_local(
     model_args: dict[str, str | int | float] = {"pretrained": str(model_dir), "dtype": dtype, "device": device}
     if adapter_dir is not None:
         model_args["peft"] = str(adapter_dir)
-    results = simple_evaluate(
-        model="hf",
-        model_args=model_args,
-        tasks=list(task_names),
-        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-        num_fewshot=num_fewshot,
-        batch_size=batch_size,
-        limit=limit,
-        bootstrap_iters=0,
-        log_samples=False,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    results = _simple_evaluate("hf", model_args, task_dir, task_names, num_fewshot, batch_size, limit, seed)
     if results is None:
         raise EvalTaskError(f"{model_dir}: lm-eval returned no results (not the rank-0 process)")
     metrics, samples = _scores(results, task_names)
     manifest = {
-        "lm_eval_version": _package_version("lm_eval"),
-        "tasks": tasks_manifest,
-        "num_fewshot": num_fewshot,
-        "fewshot_seed": seed,
-        "seed": seed,
-        "limit": limit,
-        "batch_size": batch_size,
+        **_run_manifest(tasks_manifest, num_fewshot, seed, limit, batch_size),
         "dtype": dtype,
         "backend": "hf",
         "backend_version": {
@@ -300,9 +324,6 @@ def run_endpoint(
     count context tokens; without it prompts go as text, which only generate tasks tolerate. The served
     weights are not visible through the API, so the manifest records the endpoint, not model hashes.
     """
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
     if not task_names:
         raise EvalTaskError(f"{task_dir}: no task names given")
     tasks_manifest = _task_manifest(task_dir, task_names)
@@ -320,32 +341,14 @@ def run_endpoint(
         base_url, model, num_concurrent=num_concurrent, tokenizer=str(tokenizer_dir) if tokenizer_dir else None
     )
     os.environ.update(_OFFLINE_ENV)
-    results = simple_evaluate(
-        model="local-completions",
-        model_args=model_args,
-        tasks=list(task_names),
-        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-        num_fewshot=num_fewshot,
-        batch_size=batch_size,
-        limit=limit,
-        bootstrap_iters=0,
-        log_samples=False,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
+    results = _simple_evaluate(
+        "local-completions", model_args, task_dir, task_names, num_fewshot, batch_size, limit, seed
     )
     if results is None:
         raise EvalTaskError(f"endpoint {model_args['base_url']}: lm-eval returned no results")
     metrics, samples = _scores(results, task_names)
     manifest = {
-        "lm_eval_version": _package_version("lm_eval"),
-        "tasks": tasks_manifest,
-        "num_fewshot": num_fewshot,
-        "fewshot_seed": seed,
-        "seed": seed,
-        "limit": limit,
-        "batch_size": batch_size,
+        **_run_manifest(tasks_manifest, num_fewshot, seed, limit, batch_size),
         "dtype": None,  # the server's choice; not visible through the API
         "backend": "local-completions",
         "backend_version": {"lm_eval": _package_version("lm_eval")},
