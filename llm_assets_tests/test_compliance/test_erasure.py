@@ -26,45 +26,12 @@ from llm_assets.compliance.exclusions import (
     withhold_excluded,
 )
 from llm_assets.curation import pipeline
-from llm_assets.defs.curation.assets import (
-    curated_corpus,
-    deduplicated_shards,
-    normalized_shards,
-    perplexity_scored_shards,
-    pii_scrubbed_shards,
-    quality_filtered_shards,
-    reference_language_models,
-)
-from llm_assets.defs.ingestion.assets import raw_corpus
 from llm_assets.lake import LocalLakeStorage, read_dataset, read_manifest
 from llm_assets.registry import ModelRegistry
 from llm_assets.resources.lake import LocalLakeResource
 from llm_assets.training import sft_data
+from llm_assets_tests.curation_chain import ENGLISH, GLOBAL, GREEK, PER_SOURCE
 
-PER_SOURCE = [raw_corpus, normalized_shards, pii_scrubbed_shards]
-GLOBAL = [
-    deduplicated_shards,
-    quality_filtered_shards,
-    reference_language_models,
-    perplexity_scored_shards,
-    curated_corpus,
-]
-ENGLISH = [
-    "The committee approved the annual budget after a long debate about public transport and schools.",
-    "Citizens may submit their applications online or at the municipal office before the end of March.",
-    "The new regulation requires every public body to publish its datasets in an open and reusable format.",
-    "Hospitals in the region will receive additional funding for emergency services during the winter.",
-    "The ministry announced a consultation on the draft law concerning the protection of personal data.",
-    "Students who completed the programme received certificates from the regional education authority.",
-]
-GREEK = [
-    "Η επιτροπή ενέκρινε τον ετήσιο προϋπολογισμό μετά από μακρά συζήτηση για τις δημόσιες συγκοινωνίες.",
-    "Οι πολίτες μπορούν να υποβάλουν τις αιτήσεις τους ηλεκτρονικά ή στο δημοτικό κατάστημα έως τον Μάρτιο.",
-    "Ο νέος κανονισμός υποχρεώνει κάθε δημόσιο φορέα να δημοσιεύει τα δεδομένα του σε ανοικτό μορφότυπο.",
-    "Τα νοσοκομεία της περιφέρειας θα λάβουν πρόσθετη χρηματοδότηση για τις υπηρεσίες επειγόντων περιστατικών.",
-    "Το υπουργείο ανακοίνωσε δημόσια διαβούλευση για το σχέδιο νόμου σχετικά με την προστασία δεδομένων.",
-    "Οι φοιτητές που ολοκλήρωσαν το πρόγραμμα έλαβαν πιστοποιητικά από την περιφερειακή διεύθυνση εκπαίδευσης.",
-]
 EMAIL_LINE = "Contact the office at maria.papadopoulou@example.gov.gr for details on the form."
 TASK = "intents"
 ENDPOINT = "https://llm.internal/v1"
