@@ -60,6 +60,9 @@ def test_curation_chain_end_to_end(landed, instance, lake) -> None:  # type: ign
         (e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations() if not e.passed
     ]
     assert failed == []
+    quality_stats = result.asset_materializations_for_node("quality_filtered_shards")[0].metadata["stats"].value
+    assert quality_stats["langid_refiner"].startswith("lingua-language-detector")  # type: ignore[index]
+    assert len(quality_stats["langid_model_sha256"]) == 64  # type: ignore[index]
 
     # Every stage accounts for every record, per source.
     chain = [
@@ -132,6 +135,15 @@ def test_curation_chain_end_to_end(landed, instance, lake) -> None:  # type: ign
     )
     outcomes = {e.check_name: e.passed for e in gated.get_asset_check_evaluations()}
     assert outcomes["enough_examples"] is False
+
+
+def test_quality_stage_config_can_switch_off_the_close_language_step(landed, instance, lake) -> None:  # type: ignore[no-untyped-def]
+    run_per_source(instance, lake)
+    off = {"ops": {"quality_filtered_shards": {"config": {"refine_close_languages": False}}}}
+    result = run_global(instance, lake, run_config=off)
+    assert result.success
+    stats = result.asset_materializations_for_node("quality_filtered_shards")[0].metadata["stats"].value
+    assert stats["langid_refiner"] == "off"  # type: ignore[index]
 
 
 def test_removal_guardrail_blocks_downstream(landed, instance, lake) -> None:  # type: ignore[no-untyped-def]
