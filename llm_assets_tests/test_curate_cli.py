@@ -59,6 +59,21 @@ def test_curate_bad_config_is_one_line_error(tmp_path: Path) -> None:
     assert "threshold" in result.output and "Traceback" not in result.output
 
 
+def test_curate_refuses_a_keep_rule_the_chain_cannot_apply(tmp_path: Path) -> None:
+    # The chain deduplicates before the quality stage: no document has a quality score to rank by yet.
+    (tmp_path / "a.txt").write_text("Some text long enough to be a document of the corpus.", encoding="utf-8")
+    config = tmp_path / "settings.yaml"
+    config.write_text("dedup:\n  keep_rule: highest_quality\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        main, ["curate", str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"), "--config", str(config)]
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "highest_quality" in result.output and "longest, oldest, first_id" in result.output
+    assert not (tmp_path / "o").exists()
+    config.write_text("dedup:\n  keep_rule: oldest\n", encoding="utf-8")
+    assert load_settings(config, None).dedup.keep_rule == "oldest"
+
+
 def test_curate_help_lists_every_settings_key_and_an_example_that_loads(tmp_path: Path) -> None:
     assert CURATE_SETTINGS_KEYS.split(", ") == list(CurationSettings.model_fields)
     config = tmp_path / "settings.yaml"

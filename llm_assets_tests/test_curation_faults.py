@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from llm_assets.curation import pipeline
 from llm_assets.curation.dedup import DedupConfig
 from llm_assets.curation.local import curate_paths, load_settings
@@ -45,6 +47,8 @@ def prepared_lake(root: Path) -> LocalLakeStorage:
 
 DEDUP_CHILD = """
 import sys
+import pytest
+
 from llm_assets.curation import pipeline
 from llm_assets.curation.dedup import DedupConfig
 from llm_assets.lake import LocalLakeStorage
@@ -113,3 +117,11 @@ def test_incremental_dedup_only_removes_from_new_sources(tmp_path: Path) -> None
     )
     dropped_beta = [row for row in clusters if row["partition"] == "beta" and row["member_id"] != row["kept_id"]]
     assert dropped_beta and all(row["kept_id"] in alpha_ids for row in dropped_beta if row["rule"] == "exact")
+
+
+def test_dedup_refuses_highest_quality_before_anything_is_written(tmp_path: Path) -> None:
+    # Dagster's deduplicated_shards reaches dedup_sources without CurationSettings' check: same one-line refusal.
+    storage = LocalLakeStorage(tmp_path / "lake")
+    with pytest.raises(ValueError, match="keep_rule 'highest_quality' cannot be used in the curation chain"):
+        pipeline.dedup_sources(storage, ["alpha"], DedupConfig(keep_rule="highest_quality"))
+    assert not list((tmp_path / "lake").rglob("*.parquet"))

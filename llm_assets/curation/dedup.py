@@ -243,8 +243,8 @@ _OTHER, _CASED, _IGNORABLE = 0, 1, 2  # a character's part in the final-sigma ru
 
 
 class _CodePoints:
-    """What normalisation needs to know per code point, learnt from `unicodedata` and `str.lower` the first
-    time a code point is seen (so no start-up cost for scripts a corpus never uses):
+    """What normalisation needs to know per code point, learnt from `unicodedata` and `str.lower` (the basic
+    multilingual plane at construction, other planes the first time one of their code points is seen):
     `lower` is the lowercase code point when lowercasing keeps it one character of the same UTF-8 length
     (capital sigma: medial sigma, corrected by `_sigma_forms`); `separator` whether that lowercase character
     separates words (categories P*, S*, Z*, Cc, Cf, Cs, except "_", which is a word character as in `\\w`);
@@ -261,8 +261,10 @@ class _CodePoints:
         self.lower = np.arange(self.LIMIT, dtype=np.uint32)
         # The same in one lookup for the compiled loop: lower | KNOWN | SEPARATOR | SPECIAL (bits 21-23).
         self.packed = np.zeros(self.LIMIT, dtype=np.uint32)
-        # Every single byte value too: the sigma look-around reads a stray byte as the code point of its value.
-        self.learn(np.arange(0x100, dtype=np.uint32))
+        # The whole basic multilingual plane up front (~60 ms once per process; every single byte value is in
+        # it, as the sigma look-around needs): learning scripts as they turn up stopped and restarted the
+        # compiled loop once per new script, which cost more than this on a multilingual corpus.
+        self.learn(np.arange(0x10000, dtype=np.uint32))
 
     KNOWN, SEPARATOR, SPECIAL = 1 << 21, 1 << 22, 1 << 23
 
@@ -447,8 +449,8 @@ def _normalise_pieces(pieces: Sequence[bytes | memoryview]) -> tuple[_Normalised
             )
             if unknown < 0:
                 return _Normalised(buf, starts, lengths), np.flatnonzero(flags)
-            # Learn whole 128-code-point blocks: a script's first character brings its neighbours, so a
-            # corpus stops the loop about once per script rather than once per batch with a new letter.
+            # Only code points beyond the basic multilingual plane (emoji, historic scripts, CJK extensions)
+            # get here: learnt by whole 128-code-point blocks, so a corpus stops the loop about once per block.
             blocks = np.unique(kernels.unknown_code_points(raw, size, table.known) >> 7)
             table.learn((blocks[:, None] * 128 + np.arange(128, dtype=np.uint32)).ravel())
     return _normalise_pieces_numpy(raw, raw_starts, size)

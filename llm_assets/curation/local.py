@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llm_assets.curation import pipeline
 from llm_assets.curation.dedup import DedupConfig
@@ -55,6 +55,13 @@ class CurationSettings(BaseModel):
     max_file_mb: float = Field(default=256.0, gt=0)
     max_rows_per_shard: int = Field(default=50_000, gt=0)
     pii_salt: str = Field(default="", description="Salt for hashing PII hits; empty = a random one per run.")
+
+    @field_validator("dedup")
+    @classmethod
+    def _chain_keep_rule(cls, value: DedupConfig) -> DedupConfig:
+        if value.keep_rule not in pipeline.CHAIN_KEEP_RULES:
+            raise ValueError(pipeline.keep_rule_error(value.keep_rule))
+        return value
 
 
 def load_settings(path: Path | None, profile: str | None) -> CurationSettings:

@@ -325,6 +325,18 @@ def frozen_partitions(frozen_index: bytes) -> set[str]:
     return set(table.column("partition").to_pylist())
 
 
+# Keep rules the chain can apply: it deduplicates before the quality stage, so no document has a quality score
+# yet ("highest_quality" is for callers of DedupIndex that pass one).
+CHAIN_KEEP_RULES = ("longest", "oldest", "first_id")
+
+
+def keep_rule_error(rule: str) -> str:
+    return (
+        f"dedup keep_rule {rule!r} cannot be used in the curation chain: it deduplicates before the quality "
+        f"stage, so documents have no quality score yet; use one of {', '.join(CHAIN_KEEP_RULES)}"
+    )
+
+
 def dedup_sources(
     storage: LakeStorage,
     sources: Sequence[str],
@@ -340,18 +352,22 @@ def dedup_sources(
     index does not hold are indexed and filtered, against it: earlier sources are never changed. The new
     frozen index is written last.
     """
+    if config.keep_rule not in CHAIN_KEEP_RULES:
+        raise ValueError(keep_rule_error(config.keep_rule))
     frozen = storage.read_bytes(DEDUP_INDEX_KEY) if incremental and storage.exists(DEDUP_INDEX_KEY) else None
     done = frozen_partitions(frozen) if frozen is not None else set()
     todo = sorted(s for s in sources if s not in done)
     with DedupIndex.from_frozen(frozen, config) if frozen is not None else DedupIndex(config) as index:
         for source in todo:
-            for shard in iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source)):
+            for shard in iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source), columns=["id", "text"]):
                 index.add_batch(shard, partition=source)
             progress(f"dedup: indexed source '{source}' ({len(index)} documents so far)")
         if index.verification_ids(incremental=frozen is not None):
             # Pairs near the threshold are decided on exact shingle sets: one more read of the shards.
             for source in todo:
-                for shard in iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source)):
+                for shard in iter_shards(
+                    storage, input_manifest(storage, PII_SCRUBBED, source), columns=["id", "text"]
+                ):
                     index.add_shingle_sets(shard)
             progress("dedup: verified near-threshold pairs on exact shingle sets")
         plan = index.resolve(incremental=frozen is not None)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -374,8 +374,15 @@ def read_manifest(storage: LakeStorage, dataset: str, partition: str | None) -> 
         ) from e
 
 
-def iter_shards(storage: LakeStorage, manifest: DatasetManifest, *, verify: bool = True) -> Iterator[pa.Table]:
-    """Yield the dataset one shard at a time, checking each against the manifest's sha256 and row count."""
+def iter_shards(
+    storage: LakeStorage,
+    manifest: DatasetManifest,
+    *,
+    verify: bool = True,
+    columns: Sequence[str] | None = None,
+) -> Iterator[pa.Table]:
+    """Yield the dataset one shard at a time, checking each against the manifest's sha256 and row count.
+    `columns` reads only those (a pass that needs `id` and `text` skips decoding the rest)."""
     for shard in manifest.shards:
         data = storage.read_bytes(shard.path)
         if verify:
@@ -386,7 +393,7 @@ def iter_shards(storage: LakeStorage, manifest: DatasetManifest, *, verify: bool
                     f"sha256 {actual[:12]}… does not match the manifest's {shard.sha256[:12]}…; "
                     "it changed after commit — rematerialize the dataset"
                 )
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.read_table(pa.BufferReader(data), columns=None if columns is None else list(columns))
         if table.num_rows != shard.rows:
             raise LakeError(
                 f"shard {storage.uri(shard.path)} of dataset {manifest.dataset}: {table.num_rows} rows, the "

@@ -53,7 +53,10 @@ class PiiStageConfig(StageConfig):
 
 class DedupStageConfig(StageConfig):
     threshold: float = Field(default=0.8, gt=0, lt=1)
-    keep_rule: str = "longest"
+    keep_rule: str = Field(
+        default="longest",
+        description="Which copy of a duplicate cluster stays: longest, oldest (by partition) or first_id.",
+    )
     paragraph_level: bool = True
     incremental: bool = Field(
         default=False,
