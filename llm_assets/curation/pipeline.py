@@ -13,7 +13,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,17 +357,20 @@ def dedup_sources(
     frozen = storage.read_bytes(DEDUP_INDEX_KEY) if incremental and storage.exists(DEDUP_INDEX_KEY) else None
     done = frozen_partitions(frozen) if frozen is not None else set()
     todo = sorted(s for s in sources if s not in done)
+
+    def ids_and_texts(source: str) -> Iterator[pa.Table]:
+        """What the index passes read of a shard: the other columns are only needed when filtering."""
+        return iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source), columns=["id", "text"])
+
     with DedupIndex.from_frozen(frozen, config) if frozen is not None else DedupIndex(config) as index:
         for source in todo:
-            for shard in iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source), columns=["id", "text"]):
+            for shard in ids_and_texts(source):
                 index.add_batch(shard, partition=source)
             progress(f"dedup: indexed source '{source}' ({len(index)} documents so far)")
         if index.verification_ids(incremental=frozen is not None):
             # Pairs near the threshold are decided on exact shingle sets: one more read of the shards.
             for source in todo:
-                for shard in iter_shards(
-                    storage, input_manifest(storage, PII_SCRUBBED, source), columns=["id", "text"]
-                ):
+                for shard in ids_and_texts(source):
                     index.add_shingle_sets(shard)
             progress("dedup: verified near-threshold pairs on exact shingle sets")
         plan = index.resolve(incremental=frozen is not None)
