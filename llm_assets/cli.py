@@ -279,16 +279,18 @@ def curate(inputs: tuple[Path, ...], out: Path, profile: str | None, config_file
     """Run the whole curation chain on INPUTS (files or folders) without Dagster.
 
     Writes OUT/kept/*.parquet, OUT/rejected/*.parquet (every removed record once, with stage and reason),
-    OUT/clusters/*.parquet (dedup clusters) and OUT/manifest.json (in/kept/rejected per stage).
+    OUT/clusters/*.parquet (dedup clusters) and OUT/manifest.json (in/kept/rejected and seconds per stage).
     """
     from llm_assets.curation.local import curate_paths, load_settings
 
     settings = load_settings(config_file, profile)
     manifest = curate_paths(list(inputs), out, settings, progress=click.echo)
     click.echo("")
-    click.echo(f"{'stage':<12}{'in':>10}{'kept':>10}{'rejected':>10}")
+    click.echo(f"{'stage':<12}{'in':>10}{'kept':>10}{'rejected':>10}{'seconds':>10}")
     for stage in manifest["stages"]:
-        click.echo(f"{stage['stage']:<12}{stage['in']:>10}{stage['kept']:>10}{stage['rejected']:>10}")
+        click.echo(
+            f"{stage['stage']:<12}{stage['in']:>10}{stage['kept']:>10}{stage['rejected']:>10}{stage['seconds']:>10.2f}"
+        )
     click.echo(
         f"Wrote {out}/kept ({manifest['kept_rows']} rows), {out}/rejected ({manifest['rejected_rows']} rows), "
         f"{out}/clusters, {out}/manifest.json in {manifest['seconds']} s"

@@ -149,6 +149,15 @@ def curate_paths(
     storage = LocalLakeStorage(work)
     sources = stage_inputs(storage, inputs)
     stages: list[dict[str, Any]] = []
+    clock = time.monotonic()
+
+    def timed(figures: dict[str, Any]) -> dict[str, Any]:
+        """Wall seconds since the previous stage ended, so a slow stage shows in the manifest and the summary."""
+        nonlocal clock
+        now = time.monotonic()
+        figures["seconds"] = round(now - clock, 2)
+        clock = now
+        return figures
 
     ingest: dict[str, Any] = {"stage": "ingest", "in": 0, "kept": 0, "rejected": 0, "rejected_by_rule": {}}
     for source in sources:
@@ -164,7 +173,7 @@ def curate_paths(
         ingest["rejected"] += run.rejected
         for rule, count in run.rejects_by_rule.items():
             ingest["rejected_by_rule"][rule] = ingest["rejected_by_rule"].get(rule, 0) + count
-    stages.append(ingest)
+    stages.append(timed(ingest))
 
     kw: dict[str, Any] = {"max_rows_per_shard": settings.max_rows_per_shard, "progress": progress}
     policy = load_policy(settings.pii_policy)
@@ -172,28 +181,28 @@ def curate_paths(
     per_source: list[pipeline.StageRun] = []
     for source in sources:
         per_source.append(pipeline.normalize_source(storage, source, settings.normalize, **kw))
-    stages.append(_stage_figures("normalize", per_source))
+    stages.append(timed(_stage_figures("normalize", per_source)))
     per_source = [
         pipeline.scrub_source(storage, source, policy, salt=salt, events_schema=PII_EVENT_SCHEMA, **kw)
         for source in sources
     ]
-    stages.append(_stage_figures("pii", per_source))
+    stages.append(timed(_stage_figures("pii", per_source)))
     dedup_run, _clusters = pipeline.dedup_sources(storage, sources, settings.dedup, **kw)
-    stages.append(_stage_figures("dedup", [dedup_run]))
+    stages.append(timed(_stage_figures("dedup", [dedup_run])))
     del _clusters
     release_memory()
     quality_run = pipeline.quality_sources(storage, sources, settings.quality, **kw)
-    stages.append(_stage_figures("quality", [quality_run]))
+    stages.append(timed(_stage_figures("quality", [quality_run])))
     release_memory()
     models = pipeline.train_reference_models(storage, settings.reference_sources or sources, settings.perplexity)
     model_hashes = pipeline.save_reference_models(storage, models)
     ppl_run, bounds = pipeline.perplexity_sources(storage, sources, models, settings.perplexity, **kw)
-    stages.append(_stage_figures("perplexity", [ppl_run]))
+    stages.append(timed(_stage_figures("perplexity", [ppl_run])))  # reference-model training included
     domains = {n: s.descriptor.domain for n, s in scan_landing(storage).items() if s.descriptor is not None}
     curated_run = pipeline.curate_sources(
         storage, sources, domain_by_source=domains, ratios=settings.split_ratios, salt=settings.split_salt, **kw
     )
-    stages.append(_stage_figures("curate", [curated_run]))
+    stages.append(timed(_stage_figures("curate", [curated_run])))
 
     kept_rows = _export(storage, pipeline.CURATED, sources, out / "kept", rename={})
     rejected_rows = 0
@@ -229,6 +238,7 @@ def curate_paths(
         "reference_models": model_hashes,
         "perplexity_bounds": pipeline.bounds_json(bounds),
         "settings": json.loads(settings.model_dump_json()),
+        "export_seconds": round(time.monotonic() - clock, 2),
         "seconds": round(time.monotonic() - started, 2),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
