@@ -38,7 +38,8 @@ def test_curate_writes_kept_rejected_clusters_and_manifest(tmp_path: Path) -> No
     timed = [stage["seconds"] for stage in manifest["stages"]] + [manifest["export_seconds"]]
     assert all(t >= 0 for t in timed) and sum(timed) <= manifest["seconds"] + 0.05
     assert [line.split()[0] for line in result.output.splitlines()[-9:-1]] == [
-        "stage", *(s["stage"] for s in manifest["stages"])
+        "stage",
+        *(s["stage"] for s in manifest["stages"]),
     ]
     stages = {s["stage"]: s for s in manifest["stages"]}
     assert stages["ingest"]["rejected"] == 1 and stages["dedup"]["rejected"] >= 1
