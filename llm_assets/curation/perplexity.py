@@ -262,7 +262,38 @@ class CharNgramLM:
         return table
 
     def _log_probs(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """ln P(ids[i] | the order-1 ids before it) for each i in `positions`."""
+        """ln P(ids[i] | the order-1 ids before it) for each i in `positions`: the compiled loop (~4x the numpy
+        passes, bit-identical to them), or the numpy passes where numba cannot load."""
+        kernels = _compiled_kernels()
+        if kernels is None:
+            return self._log_probs_numpy(ids, positions)
+        key = _top_keys(ids, self.order, self.bits)[positions]
+        return kernels.log_probs(key, self.bits, self.order, *self._flat_tables, self._log_uniform)
+
+    @functools.cached_property
+    def _flat_tables(self) -> tuple[np.ndarray, ...]:
+        """Every order's hash tables laid end to end, with offsets, for the compiled loop."""
+
+        def flat(indexes: list[_HashIndex], values: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+            def offsets(arrays: list[np.ndarray]) -> np.ndarray:
+                return np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
+
+            return (
+                np.concatenate([ix.slots for ix in indexes]),
+                offsets([ix.slots for ix in indexes]),
+                np.concatenate([ix.keys for ix in indexes]).astype(np.uint64),
+                offsets([ix.keys for ix in indexes]),
+                np.array([ix.shift for ix in indexes], dtype=np.uint64),
+                np.concatenate(values).astype(np.float64),
+            )
+
+        return (
+            *flat(self._ngram_index, self._ngram_logp),
+            *flat(self._context_index, self._context_log_gamma),
+        )
+
+    def _log_probs_numpy(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The reference for the compiled loop: one vectorised hash lookup per order."""
         key = _top_keys(ids, self.order, self.bits)[positions]
         bits = np.uint64(self.bits)
         result = np.zeros(len(positions))
@@ -397,6 +428,16 @@ class CharNgramLM:
             "training_corpus": self.corpus,
             "sha256": self.sha256,
         }
+
+
+@functools.cache
+def _compiled_kernels() -> Any:
+    """The numba loop (imported on first use), or None where numba is missing or cannot keep its cache."""
+    try:
+        from llm_assets.curation import _ngram_kernels
+    except (ImportError, RuntimeError):  # pragma: no cover - numba is a dependency
+        return None
+    return _ngram_kernels
 
 
 def _bits_for(vocabulary_size: int) -> int:

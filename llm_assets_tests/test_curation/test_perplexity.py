@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from llm_assets.curation.perplexity import (
     CharNgramLM,
     PerplexityConfig,
+    _compiled_kernels,
     percentile_bounds,
     score_batch,
     trim_batch,
@@ -211,3 +212,16 @@ def test_every_input_row_is_kept_or_rejected(greek_model: CharNgramLM, rows: lis
     assert out.kept.num_rows + out.rejects.num_rows == table.num_rows
     ids = out.kept.column("id").to_pylist() + out.rejects.column("record_id").to_pylist()
     assert Counter(ids) == Counter(table.column("id").to_pylist())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(texts_strategy, min_size=1, max_size=8), st.integers(min_value=1, max_value=6))
+def test_compiled_scoring_equals_the_numpy_reference(laws: list[str], texts: list[str], order: int) -> None:
+    # The numba loop replaces the numpy passes in every run: same back-off, same additions, same bits. An
+    # order-1 model and models whose higher orders are empty take the edge paths of both.
+    model = CharNgramLM.train([laws[0][:3_000], *texts[:2]], order=order, language="el")
+    ids = model._encode("".join("\x00" * (order - 1) + text for text in texts))
+    positions = np.flatnonzero(ids != 0)
+    compiled = model._log_probs(ids, positions)
+    assert _compiled_kernels() is not None, "numba is a dependency: the compiled scoring must load"
+    np.testing.assert_array_equal(compiled, model._log_probs_numpy(ids, positions))

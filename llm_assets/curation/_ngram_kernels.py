@@ -1,0 +1,81 @@
+"""Compiled (numba) back-off lookup for the character n-gram model: one loop over the positions instead of two
+numpy hash-table passes per order. `perplexity.CharNgramLM._log_probs_numpy` stays as the reference (tests
+compare both) and as the fallback where numba cannot load.
+
+Tables are `perplexity._HashIndex`es of every order laid end to end (`_Tables`): for order k (1-based, index
+k - 1) its slots are slots[slot_at[k-1] : slot_at[k]] holding indices into keys[key_at[k-1] : key_at[k]].
+Each step adds in the same order as the numpy passes, so the log-probabilities are bit-identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _find(slots: np.ndarray, slot_base: int, keys: np.ndarray, key_base: int, shift: Any, query: Any) -> int:
+    """Index (within its order) of `query` among that order's keys, or -1: linear probing from the home slot."""
+    slot = slot_base + np.int64((query * _GOLDEN) >> shift)
+    while True:
+        index = slots[slot]
+        if index < 0:
+            return -1
+        if keys[key_base + index] == query:
+            return index
+        slot += 1
+
+
+@njit(cache=True, nogil=True)
+def log_probs(
+    top_keys: np.ndarray,
+    bits: int,
+    order: int,
+    ngram_slots: np.ndarray,
+    ngram_slot_at: np.ndarray,
+    ngram_keys: np.ndarray,
+    ngram_key_at: np.ndarray,
+    ngram_shift: np.ndarray,
+    ngram_logp: np.ndarray,
+    context_slots: np.ndarray,
+    context_slot_at: np.ndarray,
+    context_keys: np.ndarray,
+    context_key_at: np.ndarray,
+    context_shift: np.ndarray,
+    context_log_gamma: np.ndarray,
+    log_uniform: float,
+) -> np.ndarray:
+    """ln P(char | context) per entry of `top_keys` (each the packed highest-order n-gram ending there):
+    the longest n-gram the model has, plus the back-off weights of the longer contexts it had to skip."""
+    out = np.empty(top_keys.size, dtype=np.float64)
+    width = np.uint64(bits)
+    for i in range(top_keys.size):
+        key = top_keys[i]
+        backoff = 0.0
+        result = log_uniform
+        found = False
+        for k in range(order, 0, -1):
+            if k < order:
+                key = key & np.uint64((1 << (bits * k)) - 1)
+            j = k - 1
+            if ngram_key_at[j + 1] > ngram_key_at[j]:
+                index = _find(ngram_slots, ngram_slot_at[j], ngram_keys, ngram_key_at[j], ngram_shift[j], key)
+                if index >= 0:
+                    result = ngram_logp[ngram_key_at[j] + index] + backoff
+                    found = True
+                    break
+            if context_key_at[j + 1] > context_key_at[j]:
+                context = key >> width
+                index = _find(
+                    context_slots, context_slot_at[j], context_keys, context_key_at[j], context_shift[j], context
+                )
+                if index >= 0:
+                    backoff += context_log_gamma[context_key_at[j] + index]
+        if not found:
+            result = log_uniform + backoff
+        out[i] = result
+    return out
