@@ -194,6 +194,31 @@ class CharNgramLM:
             self._ngram_logp.append(np.log(prob))
             self._context_index.append(_HashIndex(context_keys))
             self._context_log_gamma.append(np.log(types / (totals + types)))
+        self._flat_tables: tuple[np.ndarray, ...] = (
+            *self._lay_end_to_end(self._ngram_index, self._ngram_logp),
+            *self._lay_end_to_end(self._context_index, self._context_log_gamma),
+        )
+        # The n-gram keys are the ngram index's keys: point them at the same views.
+        self.ngram_keys = [index.keys for index in self._ngram_index]
+
+    @staticmethod
+    def _lay_end_to_end(indexes: list[_HashIndex], values: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Every order's table in one array each, with offsets, for the compiled loop; the per-order arrays
+        become views into them (the numpy passes keep working), so the model is held once, not twice."""
+
+        def offsets(arrays: Sequence[np.ndarray]) -> np.ndarray:
+            return np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
+
+        slot_at, key_at = offsets([ix.slots for ix in indexes]), offsets([ix.keys for ix in indexes])
+        slots = np.concatenate([ix.slots for ix in indexes])
+        keys = np.concatenate([ix.keys for ix in indexes]).astype(np.uint64, copy=False)
+        flat_values = np.concatenate(values).astype(np.float64, copy=False)
+        for k, index in enumerate(indexes):
+            index.slots = slots[slot_at[k] : slot_at[k + 1]]
+            index.keys = keys[key_at[k] : key_at[k + 1]]
+            values[k] = flat_values[key_at[k] : key_at[k + 1]]
+        shifts = np.array([index.shift for index in indexes], dtype=np.uint64)
+        return slots, slot_at, keys, key_at, shifts, flat_values
 
     @classmethod
     def train(
@@ -269,28 +294,6 @@ class CharNgramLM:
             return self._log_probs_numpy(ids, positions)
         key = _top_keys(ids, self.order, self.bits)[positions]
         return kernels.log_probs(key, self.bits, self.order, *self._flat_tables, self._log_uniform)
-
-    @functools.cached_property
-    def _flat_tables(self) -> tuple[np.ndarray, ...]:
-        """Every order's hash tables laid end to end, with offsets, for the compiled loop."""
-
-        def flat(indexes: list[_HashIndex], values: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-            def offsets(arrays: list[np.ndarray]) -> np.ndarray:
-                return np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
-
-            return (
-                np.concatenate([ix.slots for ix in indexes]),
-                offsets([ix.slots for ix in indexes]),
-                np.concatenate([ix.keys for ix in indexes]).astype(np.uint64),
-                offsets([ix.keys for ix in indexes]),
-                np.array([ix.shift for ix in indexes], dtype=np.uint64),
-                np.concatenate(values).astype(np.float64),
-            )
-
-        return (
-            *flat(self._ngram_index, self._ngram_logp),
-            *flat(self._context_index, self._context_log_gamma),
-        )
 
     def _log_probs_numpy(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The reference for the compiled loop: one vectorised hash lookup per order."""
