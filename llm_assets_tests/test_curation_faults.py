@@ -10,16 +10,19 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from llm_assets.curation import pipeline
 from llm_assets.curation.dedup import DedupConfig
 from llm_assets.curation.local import curate_paths, load_settings
 from llm_assets.curation.normalize import NormalizeConfig
+from llm_assets.curation.perplexity import CharNgramLM, PerplexityConfig
 from llm_assets.curation.pii.policy import load_policy
 from llm_assets.curation.pii.scrub import PII_EVENT_SCHEMA
 from llm_assets.ingestion.run import ingest_source
-from llm_assets.lake import LocalLakeStorage, read_dataset, read_manifest
+from llm_assets.lake import LocalLakeStorage, ShardWriter, read_dataset, read_manifest
+from llm_assets.schemas import QUALITY_SCHEMA
 
 SOURCES = ("alpha", "beta")
 
@@ -125,3 +128,34 @@ def test_dedup_refuses_highest_quality_before_anything_is_written(tmp_path: Path
     with pytest.raises(ValueError, match="keep_rule 'highest_quality' cannot be used in the curation chain"):
         pipeline.dedup_sources(storage, ["alpha"], DedupConfig(keep_rule="highest_quality"))
     assert not list((tmp_path / "lake").rglob("*.parquet"))
+
+
+def test_reference_models_are_trained_one_language_at_a_time_from_the_capped_texts(tmp_path: Path) -> None:
+    # Texts pass through per-language scratch files: the models must be exactly those of the capped texts.
+    storage = LocalLakeStorage(tmp_path / "lake")
+    greek = [f"Άρθρο {i}. Ο νόμος ισχύει από τη δημοσίευσή του στην Εφημερίδα της Κυβερνήσεως." for i in range(400)]
+    english = [f"Section {i}. This act enters into force on the day of its publication." for i in range(400)]
+    labelled = zip(greek + english, ["el"] * 400 + ["en"] * 400, strict=True)
+    rows = [(f"d{i}", text, lang) for i, (text, lang) in enumerate(labelled)]
+    rows.append(("und-1", "!!! ### ???", None))
+    schema = QUALITY_SCHEMA
+    columns = {field.name: [None] * len(rows) for field in schema}
+    columns["id"] = [r[0] for r in rows]
+    columns["text"] = [r[1] for r in rows]
+    columns["lang"] = [r[2] for r in rows]
+    columns["source"] = ["laws"] * len(rows)
+    with ShardWriter(storage, pipeline.QUALITY, "laws", schema, max_rows_per_shard=150) as writer:
+        writer.write(pa.table(columns, schema=schema))
+        writer.commit()
+    models = pipeline.train_reference_models(
+        storage, ["laws"], PerplexityConfig(order=4), min_chars=1_000, max_chars_per_language=20_000
+    )
+    assert sorted(models) == ["el", "en"]  # "und" never gets a model
+    for lang, texts in (("el", greek), ("en", english)):
+        capped, total = [], 0
+        for text in texts:
+            if total >= 20_000:
+                break
+            capped.append(text[: 20_000 - total])
+            total += len(capped[-1])
+        assert models[lang].sha256 == CharNgramLM.train(capped, order=4, language=lang).sha256

@@ -198,6 +198,8 @@ def curate_paths(
     model_hashes = pipeline.save_reference_models(storage, models)
     ppl_run, bounds = pipeline.perplexity_sources(storage, sources, models, settings.perplexity, **kw)
     stages.append(timed(_stage_figures("perplexity", [ppl_run])))  # reference-model training included
+    del models
+    release_memory()
     domains = {n: s.descriptor.domain for n, s in scan_landing(storage).items() if s.descriptor is not None}
     curated_run = pipeline.curate_sources(
         storage, sources, domain_by_source=domains, ratios=settings.split_ratios, salt=settings.split_salt, **kw

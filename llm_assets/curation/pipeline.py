@@ -427,25 +427,78 @@ def train_reference_models(
 
     Languages with less than `min_chars` of reference text get no model (their documents are not
     trimmed). Each language's training text is capped (first documents in source/shard order, so deterministic):
-    the model's cost and memory stay bounded whatever the corpus size.
+    the model's cost and memory stay bounded whatever the corpus size. The capped texts are spilled to local
+    scratch files per language and each model is trained from its own file, so memory holds one language's
+    text at a time, not every language's at once.
     """
-    texts_by_lang: dict[str, list[str]] = {}
     chars_by_lang: dict[str, int] = {}
-    for source in sorted(reference_sources):
-        for shard in iter_shards(storage, input_manifest(storage, QUALITY, source)):
-            for text, lang in zip(shard.column("text").to_pylist(), shard.column("lang").to_pylist(), strict=True):
-                lang = lang or "und"
-                if chars_by_lang.get(lang, 0) >= max_chars_per_language:
-                    continue
-                piece = text[: max_chars_per_language - chars_by_lang.get(lang, 0)]
-                texts_by_lang.setdefault(lang, []).append(piece)
-                chars_by_lang[lang] = chars_by_lang.get(lang, 0) + len(piece)
-    models = {}
-    for lang, texts in sorted(texts_by_lang.items()):
-        if lang == "und" or chars_by_lang[lang] < min_chars:
-            continue
-        models[lang] = CharNgramLM.train(texts, order=config.order, language=lang)
+    with tempfile.TemporaryDirectory(prefix="reference-lm-") as scratch, _LanguageSpill(Path(scratch)) as spill:
+        for source in sorted(reference_sources):
+            for shard in iter_shards(storage, input_manifest(storage, QUALITY, source), columns=["text", "lang"]):
+                for text, lang in zip(shard.column("text").to_pylist(), shard.column("lang").to_pylist(), strict=True):
+                    lang = lang or "und"
+                    if lang == "und" or chars_by_lang.get(lang, 0) >= max_chars_per_language:
+                        continue
+                    piece = text[: max_chars_per_language - chars_by_lang.get(lang, 0)]
+                    spill.add(lang, piece)
+                    chars_by_lang[lang] = chars_by_lang.get(lang, 0) + len(piece)
+        spill.flush()
+        models = {}
+        for lang in sorted(chars_by_lang):
+            if chars_by_lang[lang] >= min_chars:
+                models[lang] = CharNgramLM.train(spill.texts(lang), order=config.order, language=lang)
     return models
+
+
+class _LanguageSpill:
+    """Texts appended per language to lz4 Arrow streams in a scratch folder, in about 1 MB batches."""
+
+    _SCHEMA = pa.schema([pa.field("text", pa.large_string())])
+    _BATCH_CHARS = 1 << 20
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._pending: dict[str, list[str]] = {}
+        self._pending_chars: dict[str, int] = {}
+        self._writers: dict[str, tuple[Any, Any]] = {}
+
+    def __enter__(self) -> _LanguageSpill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+    def _path(self, lang: str) -> Path:
+        return self.folder / f"{hashlib.sha256(lang.encode()).hexdigest()[:16]}.arrows"  # any label is a safe name
+
+    def add(self, lang: str, text: str) -> None:
+        self._pending.setdefault(lang, []).append(text)
+        self._pending_chars[lang] = self._pending_chars.get(lang, 0) + len(text)
+        if self._pending_chars[lang] >= self._BATCH_CHARS:
+            self._write(lang)
+
+    def _write(self, lang: str) -> None:
+        if lang not in self._writers:
+            sink = pa.OSFile(str(self._path(lang)), "wb")
+            options = pa.ipc.IpcWriteOptions(compression="lz4", use_threads=False)
+            self._writers[lang] = (sink, pa.ipc.new_stream(sink, self._SCHEMA, options=options))
+        batch = pa.record_batch([pa.array(self._pending.pop(lang), pa.large_string())], schema=self._SCHEMA)
+        self._writers[lang][1].write_batch(batch)
+        self._pending_chars[lang] = 0
+
+    def flush(self) -> None:
+        """Write what is pending and close every stream (texts() reads them back)."""
+        for lang in list(self._pending):
+            self._write(lang)
+        for sink, writer in self._writers.values():
+            writer.close()
+            sink.close()
+        self._writers = {}
+
+    def texts(self, lang: str) -> list[str]:
+        with pa.OSFile(str(self._path(lang)), "rb") as source:
+            table = pa.ipc.open_stream(source).read_all()
+        return table.column("text").to_pylist()
 
 
 def save_reference_models(storage: LakeStorage, models: Mapping[str, CharNgramLM]) -> dict[str, str]:
