@@ -204,10 +204,21 @@ def _assign_languages(
     return languages, scores, hints_used
 
 
-@functools.cache
 def _stopword_table(languages: frozenset[str]) -> pl.DataFrame:
-    rows = [(lang, word) for lang in sorted(languages) for word in sorted(stopwordsiso.stopwords(lang))]
-    return pl.DataFrame(rows, schema={"lang": pl.String, "word": pl.String}, orient="row")
+    """(lang, word) rows of every language's list; built per language and cached, since each ~1 MB piece of a
+    multilingual shard has its own set of languages."""
+    schema = {"lang": pl.String, "word": pl.String}
+    return (
+        pl.concat([_language_stopwords(lang) for lang in sorted(languages)])
+        if languages
+        else pl.DataFrame(schema=schema)
+    )
+
+
+@functools.cache
+def _language_stopwords(lang: str) -> pl.DataFrame:
+    words = sorted(stopwordsiso.stopwords(lang))
+    return pl.DataFrame({"lang": [lang] * len(words), "word": words}, schema={"lang": pl.String, "word": pl.String})
 
 
 MEASURE_BATCH_CHARS = 1 << 20  # per-word frames take ~30x the text: measuring in ~1 MB pieces bounds that
