@@ -120,7 +120,9 @@ def run_ours(data: Path, work: Path, mode: str, workers: int, exact_pass: bool =
 
     def write(table: pa.Table, path: Path) -> None:
         started = time.perf_counter()
-        pq.write_table(table, path)
+        # as the lake writes shards (lake.shards.PLAIN_ENCODED_COLUMNS): no dictionary for the long, distinct
+        # `text` strings (the lake module needs boto3, which .venv-bench lacks; these tables are flat)
+        pq.write_table(table, path, use_dictionary=[name for name in table.column_names if name != "text"])
         PHASES["parquet_io"] += time.perf_counter() - started
 
     with DedupIndex(config, workers=workers) as index:

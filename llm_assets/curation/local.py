@@ -35,6 +35,7 @@ from llm_assets.ingestion.descriptor import DESCRIPTOR_FILENAME, IngestError
 from llm_assets.ingestion.landing import landing_key, scan_landing, stage_source_folder
 from llm_assets.ingestion.run import RAW_CORPUS_REJECTS, ingest_source
 from llm_assets.lake import LakeStorage, LocalLakeStorage, iter_shards, read_manifest
+from llm_assets.lake.shards import DatasetManifest, ShardInfo, dictionary_columns, read_shard_bytes
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,13 @@ def stage_inputs(storage: LakeStorage, inputs: Sequence[Path]) -> list[str]:
     return sources
 
 
+def _copy_shard(storage: LakeStorage, manifest: DatasetManifest, info: ShardInfo, path: Path) -> None:
+    """The lake's shard file, checked against its manifest, written under `path` (temporary name, then rename)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(read_shard_bytes(storage, manifest, info))
+    partial.replace(path)
+
+
 def _export(storage: LakeStorage, dataset: str, sources: Sequence[str], target: Path, *, rename: dict[str, str]) -> int:
     target.mkdir(parents=True, exist_ok=True)
     rows = 0
@@ -125,10 +133,21 @@ def _export(storage: LakeStorage, dataset: str, sources: Sequence[str], target: 
         manifest = read_manifest(storage, dataset, source)
         if manifest is None:
             continue
+        if not rename:
+            # The lake's shard files are already the Parquet wanted here: copy them (checked against the
+            # manifest's sha256) instead of decoding and encoding them again.
+            for number, info in enumerate(manifest.shards):
+                _copy_shard(storage, manifest, info, target / f"{dataset}-{source}-{number:05d}.parquet")
+                rows += info.rows
+            continue
         for number, shard in enumerate(iter_shards(storage, manifest)):
-            if rename:
-                shard = shard.rename_columns([rename.get(c, c) for c in shard.column_names])
-            pq.write_table(shard, target / f"{dataset}-{source}-{number:05d}.parquet", compression="zstd")
+            shard = shard.rename_columns([rename.get(c, c) for c in shard.column_names])
+            pq.write_table(
+                shard,
+                target / f"{dataset}-{source}-{number:05d}.parquet",
+                compression="zstd",
+                use_dictionary=list(dictionary_columns(shard.schema)),
+            )
             rows += shard.num_rows
     return rows
 
@@ -226,9 +245,9 @@ def curate_paths(
     cluster_rows = 0
     (out / "clusters").mkdir(parents=True, exist_ok=True)
     if clusters is not None:
-        for number, shard in enumerate(iter_shards(storage, clusters)):
-            pq.write_table(shard, out / "clusters" / f"clusters-{number:05d}.parquet", compression="zstd")
-            cluster_rows += shard.num_rows
+        for number, info in enumerate(clusters.shards):
+            _copy_shard(storage, clusters, info, out / "clusters" / f"clusters-{number:05d}.parquet")
+            cluster_rows += info.rows
     manifest = {
         "inputs": [str(p) for p in inputs],
         "sources": sources,

@@ -4,6 +4,7 @@ import re
 import tempfile
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -109,6 +110,30 @@ def test_identical_content_gives_identical_bytes_and_data_version(storage):
 
     changed = make_table(25).set_column(1, "text", pa.array(["edited"] + [f"doc {i}" for i in range(1, 25)]))
     assert write_table(storage, "docs", None, changed, max_rows_per_shard=10).data_version != first.data_version
+
+
+def test_text_is_plain_encoded_and_other_columns_keep_their_dictionary(storage):
+    """Long distinct strings outgrow a dictionary page at once, so `text` is written plain; everything else,
+    nested leaves included, keeps dictionary encoding."""
+    table = pa.table(
+        {
+            "id": [f"doc-{i}" for i in range(300)],
+            "text": [f"a document of its own, number {i} " * 20 for i in range(300)],
+            "source": ["laws"] * 300,
+            "tags": [["a", "b"]] * 300,
+            "meta": [{"kind": "law"}] * 300,
+        }
+    )
+    manifest = write_table(storage, "docs", None, table)
+    data = storage.read_bytes(manifest.shards[0].path)
+    metadata = pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0)
+    encodings = {
+        metadata.column(i).path_in_schema: set(metadata.column(i).encodings) for i in range(metadata.num_columns)
+    }
+    assert "RLE_DICTIONARY" not in encodings["text"]
+    for path in ("id", "source", "tags.list.element", "meta.kind"):
+        assert "RLE_DICTIONARY" in encodings[path], path
+    assert read_dataset(storage, manifest).equals(table)
 
 
 def test_empty_datasets_with_different_schemas_have_different_versions(storage):
