@@ -435,9 +435,18 @@ def train_reference_models(
     with tempfile.TemporaryDirectory(prefix="reference-lm-") as scratch, _LanguageSpill(Path(scratch)) as spill:
         for source in sorted(reference_sources):
             for shard in iter_shards(storage, input_manifest(storage, QUALITY, source), columns=["text", "lang"]):
-                for text, lang in zip(shard.column("text").to_pylist(), shard.column("lang").to_pylist(), strict=True):
-                    lang = lang or "und"
-                    if lang == "und" or chars_by_lang.get(lang, 0) >= max_chars_per_language:
+                # Only documents whose language is still under its cap become Python strings: past the cap,
+                # which a large corpus reaches early, a shard costs a look at its `lang` column.
+                langs = shard.column("lang").to_pylist()
+                wanted = [
+                    i
+                    for i, lang in enumerate(langs)
+                    if lang and lang != "und" and chars_by_lang.get(lang, 0) < max_chars_per_language
+                ]
+                texts = shard.column("text").take(pa.array(wanted, pa.int64())).to_pylist()
+                for i, text in zip(wanted, texts, strict=True):
+                    lang = langs[i]
+                    if chars_by_lang.get(lang, 0) >= max_chars_per_language:
                         continue
                     piece = text[: max_chars_per_language - chars_by_lang.get(lang, 0)]
                     spill.add(lang, piece)
@@ -543,7 +552,8 @@ def perplexity_sources(
     scores: dict[tuple[str, int], pa.Array] = {}
     values: dict[str, list[np.ndarray]] = {}
     for source in sorted(sources):
-        for number, shard in enumerate(iter_shards(storage, input_manifest(storage, QUALITY, source))):
+        shards = iter_shards(storage, input_manifest(storage, QUALITY, source), columns=["text", "lang"])
+        for number, shard in enumerate(shards):
             scored = score_batch(shard, models, max_chars_scored=config.max_chars_scored)
             scores[(source, number)] = scored.column("perplexity").combine_chunks()
             for lang in set(scored.column("lang").to_pylist()):
