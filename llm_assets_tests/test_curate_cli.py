@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -53,6 +54,15 @@ def test_curate_writes_kept_rejected_clusters_and_manifest(tmp_path: Path) -> No
     assert {"id", "stage", "reason"} <= set(rejected.column_names)
     assert rejected.num_rows == sum(s["rejected"] for s in manifest["stages"])
     assert pq.read_table(out / "clusters").num_rows >= 2
+    # kept and cluster files are the lake's own shard files, copied whole and left under their final names
+    lake_files = {
+        hashlib.sha256(path.read_bytes()).digest()
+        for dataset in ("curated_corpus", "dedup_clusters")
+        for path in (out / ".lake" / "datasets" / dataset).rglob("*.parquet")
+    }
+    exported = [*(out / "kept").iterdir(), *(out / "clusters").iterdir()]
+    assert exported and all(hashlib.sha256(path.read_bytes()).digest() in lake_files for path in exported)
+    assert not list(out.rglob("*.partial"))
 
 
 def test_curate_bad_config_is_one_line_error(tmp_path: Path) -> None:
