@@ -268,3 +268,27 @@ def shingle_sums(
             w += 1
         unit += per_doc[d]
     return out, windows
+
+
+@njit(cache=True, nogil=True)
+def minhash(shingles: np.ndarray, windows: np.ndarray, mult: np.ndarray, add: np.ndarray) -> np.ndarray:
+    """[docs, num_perm] uint32 minima of (mult[p] * x + add[p]) mod 2**32 over each doc's shingles x (uint32,
+    windows[d] of them per doc, in order); 0xFFFFFFFF for a doc without shingles. The same values as
+    `dedup._minhash_numpy`: one pass over the shingles with the doc's row of minima in registers, instead of
+    one pass per permutation."""
+    num_perm = mult.size
+    out = np.full((windows.size, num_perm), np.uint32(0xFFFFFFFF), dtype=np.uint32)
+    low = np.uint64(0xFFFFFFFF)
+    m64 = mult.astype(np.uint64)
+    a64 = add.astype(np.uint64)
+    at = 0
+    for d in range(windows.size):
+        row = out[d]
+        for j in range(at, at + windows[d]):
+            x = np.uint64(shingles[j])
+            for p in range(num_perm):
+                v = np.uint32((m64[p] * x + a64[p]) & low)
+                if v < row[p]:
+                    row[p] = v
+        at += windows[d]
+    return out

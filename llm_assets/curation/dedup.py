@@ -42,7 +42,7 @@ import math
 import multiprocessing
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, TypeAlias
@@ -609,6 +609,14 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _minhash(shingles: np.ndarray, windows: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
     """[docs, num_perm] uint32 minima of (a*x + b) mod 2**32 per doc; a doc without shingles is all 0xFFFFFFFF."""
+    kernels = _compiled_kernels()
+    if kernels is not None:
+        mult, add = _permutations(num_perm, seed)
+        return kernels.minhash(shingles, windows.astype(np.int64), mult, add)
+    return _minhash_numpy(shingles, windows, num_perm, seed)
+
+
+def _minhash_numpy(shingles: np.ndarray, windows: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
     mult, add = _permutations(num_perm, seed)
     sig_t = np.full((num_perm, windows.size), np.iinfo(np.uint32).max, dtype=np.uint32)
     has = np.flatnonzero(windows > 0)
@@ -729,6 +737,45 @@ def _analyse_parallel(
     # concat_arrays copies each slice, so only its own bytes are pickled to the worker.
     chunks = [pa.concat_arrays([texts.slice(i, step)]) for i in range(0, len(texts), step)]
     return _concat_analyses(list(pool.map(_analyse, chunks, [params] * len(chunks))))
+
+
+def _shingle_sets(texts: _Texts, params: dict[str, Any]) -> list[np.ndarray]:
+    """Each doc's distinct shingle hashes, sorted (uint64): what exact Jaccard is computed on."""
+    sets: list[np.ndarray] = []
+    for block in _blocks(texts):
+        units, per_doc = _unit_hashes(_normalise(block), params["ngram"])
+        shingles, windows = _shingles(units, per_doc, params["ngram_size"])
+        ends = np.cumsum(windows)
+        for start, end in zip((ends - windows).tolist(), ends.tolist(), strict=True):
+            doc = np.sort(shingles[start:end])  # sort and mask: ~4x np.unique's cost on arrays this small
+            sets.append(doc[np.concatenate(([True], doc[1:] != doc[:-1]))] if doc.size else doc)
+    return sets
+
+
+def _map_blocks(
+    fn: Callable[[_Texts, dict[str, Any]], list[np.ndarray]],
+    texts: pa.Array,
+    params: dict[str, Any],
+    pool: concurrent.futures.Executor | None,
+    workers: int,
+) -> list[np.ndarray]:
+    """fn over slices of `texts`, in the pool when there is one; results in input order."""
+    if pool is None or workers <= 1 or len(texts) < 2:
+        return fn(texts, params)
+    step = math.ceil(len(texts) / workers)
+    chunks = [pa.concat_arrays([texts.slice(i, step)]) for i in range(0, len(texts), step)]
+    return [item for part in pool.map(fn, chunks, [params] * len(chunks)) for item in part]
+
+
+def _shared_count(a: np.ndarray, b: np.ndarray) -> int:
+    """How many values two sorted arrays of distinct values share (binary search of the smaller in the larger:
+    no concatenation and re-sort as in np.intersect1d)."""
+    if a.size > b.size:
+        a, b = b, a
+    if not a.size:
+        return 0
+    at = np.minimum(np.searchsorted(b, a), b.size - 1)
+    return int(np.count_nonzero(b[at] == a))
 
 
 def _spawn_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
@@ -1005,19 +1052,20 @@ class DedupIndex:
         rows = [i for i, doc_id in enumerate(ids) if doc_id in self._partners]
         if not rows:
             return 0
-        norm = _normalise(table.column("text").take(pa.array(rows, pa.int64())).combine_chunks())
-        units, per_doc = _unit_hashes(norm, self.config.ngram)
-        shingles, windows = _shingles(units, per_doc, self.config.ngram_size)
-        ends = np.cumsum(windows)
-        for row, end, count in zip(rows, ends.tolist(), windows.tolist(), strict=True):
-            self._shingle_sets[ids[row]] = np.unique(shingles[end - count : end])
+        texts = table.column("text").take(pa.array(rows, pa.int64())).combine_chunks()
+        params = {"ngram": self.config.ngram, "ngram_size": self.config.ngram_size}
+        # The pool's workers have the compiled kernels loaded (add_batch used them); this process may not.
+        for row, shingle_set in zip(
+            rows, _map_blocks(_shingle_sets, texts, params, self._pool, self.workers), strict=True
+        ):
+            self._shingle_sets[ids[row]] = shingle_set
         for doc in (ids[row] for row in rows):
             mine = self._shingle_sets[doc]
             for partner in self._partners[doc]:
                 theirs = self._shingle_sets.get(partner)
                 key = _pair_key(doc, partner)
                 if theirs is not None and key not in self._exact_jaccard:
-                    shared = np.intersect1d(mine, theirs, assume_unique=True).size
+                    shared = _shared_count(mine, theirs)
                     self._exact_jaccard[key] = shared / (mine.size + theirs.size - shared)
         for doc in (ids[row] for row in rows):
             for member in (doc, *self._partners[doc]):

@@ -75,11 +75,19 @@ def jaccard(a: str, b: str) -> float:
 
 
 def run(
-    batches: Sequence[tuple[str, pa.Table]], config: DedupConfig, *, workers: int = 1, **resolve: bool
+    batches: Sequence[tuple[str, pa.Table]],
+    config: DedupConfig,
+    *,
+    workers: int = 1,
+    verify: bool = False,
+    **resolve: bool,
 ) -> tuple[DedupPlan, list[StageOutput]]:
     with DedupIndex(config, workers=workers) as index:
         for partition, table in batches:
             index.add_batch(table, partition=partition)
+        if verify and index.verification_ids():
+            for _, table in batches:
+                index.add_shingle_sets(table)
         plan = index.resolve(**resolve)
     return plan, [apply_plan(table, plan) for _, table in batches]
 
@@ -254,6 +262,11 @@ def test_byte_identical_across_workers(corpus: list[tuple[str, str]]) -> None:
     one = canonical(*run(batches, config, workers=1))
     two = canonical(*run(batches, config, workers=2))
     assert one == two
+    # the exact pass's shingle sets are computed in the pool when there is one
+    wide = DedupConfig(exact_band=1.0)
+    verified = [run(batches, wide, workers=w, verify=True) for w in (1, 2)]
+    assert all(plan.stats["exact_checked_pairs"] > 0 for plan, _ in verified)
+    assert canonical(*verified[0]) == canonical(*verified[1])
 
 
 def test_incremental_never_drops_frozen_docs(corpus: list[tuple[str, str]]) -> None:
@@ -569,3 +582,51 @@ def test_compiled_word_and_shingle_hashes_give_the_numpy_values(texts: list[str]
     shingles, windows = dedup._shingles(units, per_doc, n)
     reference_shingles, reference_windows = dedup._shingles_numpy(units, per_doc, n)
     assert shingles.tolist() == reference_shingles.tolist() and windows.tolist() == reference_windows.tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    windows=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
+    num_perm=st.sampled_from([2, 16, 128]),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    data=st.data(),
+)
+def test_compiled_minhash_gives_the_numpy_signatures(windows: list[int], num_perm: int, seed: int, data) -> None:
+    """The numba MinHash loop equals the per-permutation numpy passes, docs without shingles included
+    (signatures are stored in frozen indexes and compared across versions)."""
+    from llm_assets.curation import dedup
+
+    assert dedup._compiled_kernels() is not None
+    values = data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=sum(windows), max_size=sum(windows)))
+    shingles = np.array(values, dtype=np.uint32)
+    counts = np.array(windows, dtype=np.int64)
+    compiled = dedup._minhash(shingles, counts, num_perm, seed)
+    assert compiled.dtype == np.uint32 and compiled.shape == (len(windows), num_perm)
+    assert np.array_equal(compiled, dedup._minhash_numpy(shingles, counts, num_perm, seed))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    a=st.sets(st.integers(0, 50), max_size=30),
+    b=st.sets(st.integers(0, 50), max_size=30),
+)
+def test_shared_count_of_sorted_sets_equals_their_intersection(a: set[int], b: set[int]) -> None:
+    from llm_assets.curation import dedup
+
+    left = np.array(sorted(a), dtype=np.uint64)
+    right = np.array(sorted(b), dtype=np.uint64)
+    assert dedup._shared_count(left, right) == len(a & b) == dedup._shared_count(right, left)
+
+
+@settings(max_examples=50, deadline=None)
+@given(texts=st.lists(st.text(alphabet=st.sampled_from(["a", "b", "c", " ", "é"]), max_size=60), max_size=6))
+def test_shingle_sets_are_each_docs_distinct_shingles_sorted(texts: list[str]) -> None:
+    from llm_assets.curation import dedup
+
+    params = {"ngram": "word", "ngram_size": 2}
+    sets = dedup._shingle_sets(pa.array(texts, pa.string()), params)
+    shingles, windows = dedup._shingles(*dedup._unit_hashes(dedup._normalise(texts), "word"), 2)
+    ends = np.cumsum(windows)
+    assert len(sets) == len(texts)
+    for got, start, end in zip(sets, (ends - windows).tolist(), ends.tolist(), strict=True):
+        assert got.tolist() == np.unique(shingles[start:end]).tolist()
