@@ -207,13 +207,26 @@ def normalise_bytes(
     return buf[:w], doc_starts, lengths, flags, -1
 
 
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mix(z: Any) -> Any:
+    """splitmix64's finaliser, as `dedup._mix64` (uint64 arithmetic wraps)."""
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
 @njit(cache=True, nogil=True)
 def word_hashes(
     buf: np.ndarray, doc_starts: np.ndarray, doc_lengths: np.ndarray, base: np.uint64
 ) -> tuple[np.ndarray, np.ndarray]:
     """Polynomial hash sum((byte + 1) * base**k) mod 2**64 of every word (space-separated run) of each
-    normalised doc buf[doc_starts[d]:doc_starts[d] + doc_lengths[d]], unmixed; and the words per doc.
-    The same values as `dedup._segment_hashes` before its mixing step."""
+    normalised doc buf[doc_starts[d]:doc_starts[d] + doc_lengths[d]], mixed by splitmix64's finaliser; and the
+    words per doc. The same values as `dedup._segment_hashes`."""
     out = np.empty(buf.size // 2 + 1, dtype=np.uint64)
     per_doc = np.zeros(doc_starts.size, dtype=np.int64)
     one = np.uint64(1)
@@ -229,7 +242,7 @@ def word_hashes(
         for i in range(begin, end):
             byte = buf[i]
             if byte == 0x20:
-                out[count] = h
+                out[count] = _mix(h)
                 count += 1
                 words += 1
                 h = np.uint64(0)
@@ -237,7 +250,7 @@ def word_hashes(
             else:
                 h += (np.uint64(byte) + one) * power
                 power *= base
-        out[count] = h  # the last word (a normalised doc neither starts nor ends with a space)
+        out[count] = _mix(h)  # the last word (a normalised doc neither starts nor ends with a space)
         count += 1
         per_doc[d] = words + 1
     return out[:count], per_doc
@@ -248,7 +261,8 @@ def shingle_sums(
     units: np.ndarray, per_doc: np.ndarray, n: int, multipliers: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """sum(units[first + k] * multipliers[k]) mod 2**64 over each n-gram of consecutive units within a doc
-    (a doc shorter than n is one shingle of all its units), unmixed; and the shingles per doc."""
+    (a doc shorter than n is one shingle of all its units), mixed by splitmix64's finaliser; and the shingles
+    per doc."""
     windows = np.empty(per_doc.size, dtype=np.int64)
     total = 0
     for d in range(per_doc.size):
@@ -264,7 +278,7 @@ def shingle_sums(
             acc = np.uint64(0)
             for k in range(width):
                 acc += units[unit + s + k] * multipliers[k]
-            out[w] = acc
+            out[w] = _mix(acc)
             w += 1
         unit += per_doc[d]
     return out, windows

@@ -550,8 +550,7 @@ def _unit_hashes(norm: _Normalised, ngram: str) -> tuple[np.ndarray, np.ndarray]
         return np.zeros(0, np.uint64), np.zeros(norm.starts.size, np.int64)
     kernels = _compiled_kernels()
     if ngram == "word" and kernels is not None:
-        sums, per_doc = kernels.word_hashes(buf, norm.starts, norm.lengths, _U64(_POLY_BASE))
-        return _mix64(sums), per_doc
+        return kernels.word_hashes(buf, norm.starts, norm.lengths, _U64(_POLY_BASE))
     return _unit_hashes_numpy(norm, ngram)
 
 
@@ -578,8 +577,7 @@ def _shingles(units: np.ndarray, per_doc: np.ndarray, n: int) -> tuple[np.ndarra
     """64-bit hash of every n-gram of consecutive units within a doc (a doc shorter than n is one shingle)."""
     kernels = _compiled_kernels()
     if kernels is not None:
-        sums, windows = kernels.shingle_sums(units, per_doc.astype(np.int64), n, _NGRAM_MULTIPLIERS)
-        return _mix64(sums), windows
+        return kernels.shingle_sums(units, per_doc.astype(np.int64), n, _NGRAM_MULTIPLIERS)
     return _shingles_numpy(units, per_doc, n)
 
 
