@@ -435,3 +435,16 @@ def test_name_dictionaries_on_presidio_synth() -> None:
           f"recall on 'First Last' labels {multi_found}/{multi_total} = {recall:.3f}")  # fmt: skip
     assert precision >= 0.9
     assert recall >= 0.5
+
+
+def test_name_prefilters_cover_every_key_a_rule_starts_from() -> None:
+    """detect_names passes over a capitalised word after one or two set lookups: those sets must hold every
+    key the person and location rules start from, or a name or street would be missed."""
+    from llm_assets.curation.pii.names import TITLES, dictionaries, normalize_key
+
+    d = dictionaries()
+    assert {normalize_key(title) for title in TITLES} <= d.title_keys
+    assert d.street_words | d.street_prefixes | d.streets | d.places | set(d.multi_places) <= d.location_keys
+    assert all(suffix[-2:] in d.suffix_tails for suffix in d.street_suffixes)
+    found = scan_text("Dr Smith lives at 24 Clarke Avenue near Hauptstraße 5 in Thessaloniki.", ["person", "location"])
+    assert {h.kind for h in found} == {"person", "location"}

@@ -100,6 +100,10 @@ class NameDictionaries:
     street_suffixes: tuple[str, ...]  # "strasse", "laan", "katu", ... as keys
     particles: frozenset[str]  # "de", "του", ... as keys
     common: frozenset[str]
+    # what lets `detect_names` pass over most capitalised words with one or two set lookups:
+    title_keys: frozenset[str] = frozenset()  # TITLES as keys
+    location_keys: frozenset[str] = frozenset()  # every key a location rule starts from, bar the suffixes
+    suffix_tails: frozenset[str] = frozenset()  # the last two characters of each street suffix
 
 
 @functools.lru_cache(maxsize=262_144)
@@ -168,18 +172,24 @@ def dictionaries() -> NameDictionaries:
     first = {n for n in first if len(n) > 1}
     last = {n for n in last if len(n) > 1}
     places = {p for p in places if len(p) >= 4 and p not in common and p not in first and p not in last}
+    street_names = frozenset(s for s in streets if len(s) >= 4 and s not in common)
+    street_prefixes = frozenset(normalize_key(w) for w in STREET_PREFIXES)
+    street_suffixes = tuple(normalize_key(w) for w in STREET_SUFFIXES)
     return NameDictionaries(
         first=frozenset(first),
         first_exact=frozenset(first_exact),
         last=frozenset(last),
         places=frozenset(places),
         multi_places={k: tuple(sorted(v, key=len, reverse=True)) for k, v in multi.items()},
-        streets=frozenset(s for s in streets if len(s) >= 4 and s not in common),
+        streets=street_names,
         street_words=frozenset(street_words),
-        street_prefixes=frozenset(normalize_key(w) for w in STREET_PREFIXES),
-        street_suffixes=tuple(normalize_key(w) for w in STREET_SUFFIXES),
+        street_prefixes=street_prefixes,
+        street_suffixes=street_suffixes,
         particles=frozenset(normalize_key(w) for w in _PARTICLES),
         common=frozenset(normalize_key(w) for w in common),
+        title_keys=frozenset(normalize_key(w) for w in TITLES),
+        location_keys=frozenset(street_words) | street_prefixes | street_names | set(multi) | places,
+        suffix_tails=frozenset(suffix[-2:] for suffix in street_suffixes),
     )
 
 
@@ -236,8 +246,12 @@ def _persons(
 ) -> None:
     n = len(tokens)
     i = 0
+    first, title_keys = d.first, d.title_keys
     while i < n:
         start, end, key = tokens[i]
+        if key not in first and key not in title_keys:  # neither rule below can start here
+            i += 1
+            continue
         raw = text[start:end]
         if raw in TITLES and i + 1 < n:
             j = i + 1
@@ -308,7 +322,10 @@ def _persons(
 def _locations(
     text: str, tokens: list[tuple[int, int, str]], d: NameDictionaries, words: _DocumentWords, found: list[Detection]
 ) -> None:
+    location_keys, suffix_tails, suffixes = d.location_keys, d.suffix_tails, d.street_suffixes
     for i, (start, end, key) in enumerate(tokens):
+        if key not in location_keys and not (key[-2:] in suffix_tails and key.endswith(suffixes)):
+            continue  # no location rule starts from this word
         if key in d.street_words:
             hit = _street_by_type(text, tokens, i)
             if hit is not None:
