@@ -78,8 +78,11 @@ def test_the_model_reads_the_words_str_split_finds(pieces: list[tuple[str, str]]
     """White space is folded in polars, not by " ".join(text.split()): the model must see the same words."""
     reference = fasttext.load_model(str(_model_path()))
     text = "".join(word + space for word, space in pieces)
-    labels, probs = reference.predict(" ".join(text.split()), k=3)
     (ours,) = _predict([text], 3, 2048)
+    if not any(ch.isalpha() for ch in text):
+        assert ours == []  # no letter, no language: 'und'
+        return
+    labels, probs = reference.predict(" ".join(text.split()), k=3)
     assert [label for label, _ in ours] == [label.removeprefix("__label__") for label in labels]
     assert [p for _, p in ours] == pytest.approx([min(float(p), 1.0) for p in probs], abs=1e-6)
 
