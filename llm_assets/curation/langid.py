@@ -93,9 +93,9 @@ def language_sample(text: str, max_chars: int = LANGUAGE_SAMPLE_CHARS) -> str:
     return " ".join([text[:head], *(text[start : start + width] for start in starts)])
 
 
-# fastText splits words at ' ', '\t', '\r', '\v', '\f' and '\0' and ends a line at '\n'; `str.split()` also
-# splits at these (Unicode white space and the ASCII separators 0x1C-0x1F), so they become plain spaces:
-# the model then sees the same words as in " ".join(text.split()), in one line, at a fraction of the cost.
+# fastText splits words at ' ', '\t', '\r', '\v', '\f' and '\0' and ends a line at '\n'; `str.split()` splits
+# at those and also at Unicode white space and the ASCII separators 0x1C-0x1F. Replacing '\n' and the latter
+# with a space, the model sees the same words as in " ".join(text.split()), in one line, at a fraction of the cost.
 _FOLDED_SPACE = "[\n\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 

@@ -101,9 +101,9 @@ class NameDictionaries:
     particles: frozenset[str]  # "de", "του", ... as keys
     common: frozenset[str]
     # what lets `detect_names` pass over most capitalised words with one or two set lookups:
-    title_keys: frozenset[str] = frozenset()  # TITLES as keys
-    location_keys: frozenset[str] = frozenset()  # every key a location rule starts from, bar the suffixes
-    suffix_tails: frozenset[str] = frozenset()  # the last two characters of each street suffix
+    title_keys: frozenset[str]  # TITLES as keys
+    location_keys: frozenset[str]  # every key a location rule starts from, bar the suffixes
+    suffix_tails: frozenset[str]  # the last two characters of each street suffix
 
 
 @functools.lru_cache(maxsize=262_144)
