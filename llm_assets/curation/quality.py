@@ -111,8 +111,9 @@ class QualityConfig(BaseModel):
     a hook for a safety/toxicity word list: a document is rejected when it has more than
     `max_blocklist_hits` blocklisted words or, when set, when they are more than `max_blocklist_fraction`
     of its words. Words match case-insensitively, one `\\w+` token at a time (no phrases).
-    `refine_close_languages` lets lingua decide Norwegian/Nynorsk/Danish and Malay/Indonesian, which the
-    fastText lite model confuses (see `langid`); switch it off only to trade that accuracy for speed.
+    `refine_close_languages` lets lingua decide Norwegian/Nynorsk/Danish and Malay/Indonesian, and the
+    standards' markers Serbian/Croatian/Bosnian, which the fastText lite model confuses (see `langid`);
+    switch it off only to trade that accuracy for speed.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
