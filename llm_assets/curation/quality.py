@@ -112,8 +112,8 @@ class QualityConfig(BaseModel):
     `max_blocklist_hits` blocklisted words or, when set, when they are more than `max_blocklist_fraction`
     of its words. Words match case-insensitively, one `\\w+` token at a time (no phrases).
     `refine_close_languages` lets lingua decide Norwegian/Nynorsk/Danish and Malay/Indonesian, and the
-    standards' markers Serbian/Croatian/Bosnian, which the fastText lite model confuses (see `langid`);
-    switch it off only to trade that accuracy for speed.
+    standards' markers Serbian/Croatian/Bosnian and Egyptian/standard Arabic, which the fastText lite
+    model confuses (see `langid`); switch it off only to trade that accuracy for speed.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

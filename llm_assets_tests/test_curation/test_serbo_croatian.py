@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llm_assets.curation import serbo_croatian
-from llm_assets.curation.langid import identify_languages, langid_labels
+from llm_assets.curation.langid import identify_languages, langid_labels, langid_refiner
 
 SERBIAN = "Gde je moje dete? Uvek kasni posle škole, a danas je vreme lepo i svi su napolju."
 CROATIAN = "Tko zna gdje je dijete? Uvijek kasni poslije škole. Sljedeći tjedan idemo vlakom na otok."
@@ -51,7 +51,8 @@ def test_marker_lists_do_not_contradict_each_other() -> None:
     assert not serbo_croatian.EKAVIAN & serbo_croatian.IJEKAVIAN
     assert not serbo_croatian.CROATIAN_WORDS & serbo_croatian.EASTERN_WORDS
     assert serbo_croatian.BOSNIAN_WORDS.isdisjoint(serbo_croatian.CROATIAN_WORDS)
-    assert serbo_croatian.GROUP - {"sh"} <= langid_labels()
+    assert langid_labels() >= serbo_croatian.GROUP
+    assert serbo_croatian.MARKERS_VERSION in langid_refiner()
 
 
 def test_identify_languages_applies_the_markers_only_when_refining() -> None:

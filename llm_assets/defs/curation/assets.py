@@ -71,7 +71,8 @@ class QualityStageConfig(StageConfig):
     refine_close_languages: bool = Field(
         default=True,
         description="Let lingua decide Norwegian/Nynorsk/Danish and Malay/Indonesian, and the standards' markers "
-        "Serbian/Croatian/Bosnian, which the fastText lite model confuses; off trades that accuracy for speed.",
+        "Serbian/Croatian/Bosnian and Egyptian/standard Arabic, which the fastText lite model confuses; off "
+        "trades that accuracy for speed.",
     )
     max_removal_fraction: float = 0.5
 
@@ -311,7 +312,8 @@ def deduplicated_shards(
 @dg.asset(
     deps=[deduplicated_shards],
     group_name=GROUP,
-    code_version="quality_filtered_shards-v3",  # v2: lingua decides no/nn/da and ms/id; v3: markers for sr/hr/bs
+    # v2: lingua decides no/nn/da and ms/id; v3: the standards' markers decide sr/hr/bs and arz/ar
+    code_version="quality_filtered_shards-v3",
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"parquet"},
     check_specs=check_specs("quality_filtered_shards"),
