@@ -188,8 +188,9 @@ def choose(text: str, fasttext_label: str) -> str:
 
     Mostly Cyrillic text is Serbian. Otherwise more ekavian than ijekavian forms make it Serbian; more
     ijekavian forms make it Croatian or Bosnian by the lexical markers (Bosnian's own /h/ forms, or
-    Serbian/Bosnian words outnumbering Croatian ones), and Croatian when these are silent; with no jat
-    evidence the lexical markers alone decide, and with none at all fastText's answer stands.
+    Serbian/Bosnian words outnumbering Croatian ones); when these are silent, fastText's answer if it is
+    ijekavian (hr, bs), else Croatian. With no jat evidence the lexical markers alone decide, and with none
+    at all fastText's answer stands.
     """
     letters = sum(ch.isalpha() for ch in text)
     if letters and len(_CYRILLIC_LETTER.findall(text)) * 2 > letters:
