@@ -306,3 +306,44 @@ def minhash(shingles: np.ndarray, windows: np.ndarray, mult: np.ndarray, add: np
                     row[p] = v
         at += windows[d]
     return out
+
+
+@njit(cache=True, nogil=True)
+def paragraph_starts(raw: np.ndarray, doc_starts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each paragraph of each "\n"-terminated doc of raw[:size] starts, and paragraphs per doc: the
+    pieces `dedup.PARAGRAPH_SEPARATOR.split` gives (a separator is "\n" followed by one or more runs of
+    " \t\r\f\v" that each end in "\n"; greedy, leftmost first). The same as `dedup._paragraph_starts_python`."""
+    n_docs = doc_starts.size
+    out = np.empty(size // 2 + n_docs + 1, dtype=np.int64)  # a separator takes at least 2 bytes
+    counts = np.zeros(n_docs, dtype=np.int64)
+    m = 0
+    for d in range(n_docs):
+        end = (doc_starts[d + 1] if d + 1 < n_docs else size) - 1  # the doc's "\n" terminator is not its own
+        out[m] = doc_starts[d]
+        m += 1
+        count = 1
+        i = doc_starts[d]
+        while i < end:
+            if raw[i] != 0x0A:
+                i += 1
+                continue
+            matched = -1
+            j = i + 1
+            while True:
+                k = j
+                while k < end and (raw[k] == 0x20 or (raw[k] >= 0x09 and raw[k] <= 0x0D and raw[k] != 0x0A)):
+                    k += 1
+                if k < end and raw[k] == 0x0A:
+                    j = k + 1
+                    matched = j
+                else:
+                    break
+            if matched < 0:
+                i += 1
+                continue
+            out[m] = matched
+            m += 1
+            count += 1
+            i = matched
+        counts[d] = count
+    return out[:m], counts

@@ -397,19 +397,40 @@ def _sigma_forms(raw: np.ndarray, lead: np.ndarray, cps: np.ndarray, width: np.n
     return form
 
 
+def _utf8_pieces(texts: _Texts) -> list[bytes | memoryview]:
+    """The UTF-8 of each doc (views into an Arrow array's buffer, or encoded strings); null is empty."""
+    if isinstance(texts, pa.Array):
+        return _arrow_pieces(texts)
+    return [t.encode("utf-8", "surrogatepass") if t else b"" for t in texts]
+
+
 def _normalise(texts: _Texts) -> _Normalised:
     """Lowercase (as `str.lower`); each run of punctuation/symbol/separator/control characters becomes one
     space; trimmed. Works on the UTF-8 bytes; only docs with a character whose lowercase has another UTF-8
     length (such as U+0130) go through `str.lower` first."""
-    if isinstance(texts, pa.Array):
-        pieces: list[bytes | memoryview] = _arrow_pieces(texts)
-    else:
-        pieces = [t.encode("utf-8", "surrogatepass") if t else b"" for t in texts]
-    norm, special = _normalise_pieces(pieces)
+    pieces = _utf8_pieces(texts)
+    raw, raw_starts = _joined(pieces)
+    return _normalise_joined(raw, raw_starts, _joined_size(raw_starts, pieces))
+
+
+def _joined_size(raw_starts: np.ndarray, pieces: Sequence[bytes | memoryview]) -> int:
+    """Bytes of `_joined(pieces)` before its padding."""
+    return int(raw_starts[-1]) + len(pieces[-1]) + 1 if len(pieces) else 0
+
+
+def _normalise_joined(raw: np.ndarray, raw_starts: np.ndarray, size: int) -> _Normalised:
+    """`_normalise` of the pieces raw[raw_starts[i]:raw_starts[i + 1]] (the last ends at `size`), each ending
+    in ASCII whitespace that the normalisation turns into the trailing space its length leaves out."""
+    norm, special = _normalise_raw(raw, raw_starts, size)
     if not special.size:
         return norm
     # Lowercased text holds no such character (lowercasing is idempotent), so one more pass settles them.
-    lowered = [bytes(pieces[i]).decode("utf-8", "surrogateescape").lower() for i in special.tolist()]
+    # Each piece ends in ASCII whitespace, so no slice cuts a character and its trailing blanks normalise away.
+    piece_ends = np.append(raw_starts[1:], size)
+    lowered = [
+        raw[raw_starts[i] : piece_ends[i]].tobytes().decode("utf-8", "surrogateescape").lower()
+        for i in special.tolist()
+    ]
     fixed, _ = _normalise_pieces([t.encode("utf-8", "surrogateescape") for t in lowered])
     view, fixed_view = norm.buf.data, fixed.buf.data
     ends = np.append(norm.starts[1:], norm.buf.size).tolist()
@@ -438,11 +459,15 @@ def _compiled_kernels() -> Any:
 
 def _normalise_pieces(pieces: Sequence[bytes | memoryview]) -> tuple[_Normalised, np.ndarray]:
     """`_normalise` of UTF-8 docs, and the docs whose result is wrong until they are lowercased by `str.lower`."""
-    table = _code_points()
     raw, raw_starts = _joined(pieces)
-    size = int(raw_starts[-1]) + len(pieces[-1]) + 1 if len(pieces) else 0
+    return _normalise_raw(raw, raw_starts, _joined_size(raw_starts, pieces))
+
+
+def _normalise_raw(raw: np.ndarray, raw_starts: np.ndarray, size: int) -> tuple[_Normalised, np.ndarray]:
+    """`_normalise_pieces` of pieces already joined (see `_normalise_joined`)."""
+    table = _code_points()
     kernels = _compiled_kernels()
-    if kernels is not None and len(pieces):
+    if kernels is not None and raw_starts.size:
         while True:
             buf, starts, lengths, flags, unknown = kernels.normalise_bytes(
                 raw, raw_starts, size, _ASCII_SINGLE, table.packed, table.sigma
@@ -655,8 +680,7 @@ class _Analysis:
 def _analyse_block(texts: _Texts, params: dict[str, Any]) -> _Analysis:
     n = len(texts)
     if params["paragraph_level"]:
-        strings = texts.to_pylist() if isinstance(texts, pa.Array) else texts
-        norm, para_offsets, para_index, para_hash = _paragraphs(strings, params["paragraph_min_words"])
+        norm, para_offsets, para_index, para_hash = _paragraphs(texts, params["paragraph_min_words"])
     else:
         norm = _normalise(texts)
         para_offsets, para_index, para_hash = np.zeros(n + 1, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.uint64)
@@ -672,34 +696,56 @@ def _analyse_block(texts: _Texts, params: dict[str, Any]) -> _Analysis:
     return _Analysis(exact, signatures, windows.astype(np.int64), para_offsets, para_index, para_hash, words)
 
 
-def _paragraphs(texts: Sequence[str | None], min_words: int) -> tuple[_Normalised, np.ndarray, np.ndarray, np.ndarray]:
+def _paragraphs(texts: _Texts, min_words: int) -> tuple[_Normalised, np.ndarray, np.ndarray, np.ndarray]:
     """Normalise the paragraphs of every doc once; the docs' own normalised text is read off the same
-    buffer (normalising a doc equals joining its normalised non-empty paragraphs with one space)."""
-    pieces: list[str] = []
-    first_piece = [0]
-    for text in texts:
-        pieces.extend(PARAGRAPH_SEPARATOR.split(text) if text else ("",))
-        first_piece.append(len(pieces))
-    firsts = np.asarray(first_piece, dtype=np.int64)
-    counts = np.diff(firsts)
-    owner = np.repeat(np.arange(len(texts)), counts)
-    position = np.arange(len(pieces), dtype=np.int64) - np.repeat(firsts[:-1], counts)
-    norm = _normalise(pieces)
+    buffer (normalising a doc equals joining its normalised non-empty paragraphs with one space).
+
+    Works on the joined UTF-8 of the docs: paragraph i is raw[starts[i]:starts[i + 1]], its text followed by
+    the separator (or the doc's "\n" terminator), which normalises to the trailing space, so the pieces of
+    `PARAGRAPH_SEPARATOR.split(text)` are normalised without splitting any string."""
+    pieces = _utf8_pieces(texts)
+    raw, doc_starts = _joined(pieces)
+    size = _joined_size(doc_starts, pieces)
+    kernels = _compiled_kernels()
+    find = kernels.paragraph_starts if kernels is not None else _paragraph_starts_python
+    starts, counts = find(raw, doc_starts, size)
+    firsts = np.zeros(len(pieces) + 1, dtype=np.int64)
+    np.cumsum(counts, out=firsts[1:])
+    owner = np.repeat(np.arange(len(pieces)), counts)
+    position = np.arange(starts.size, dtype=np.int64) - np.repeat(firsts[:-1], counts)
+    norm = _normalise_joined(raw, starts, size)
     doc_starts = np.append(norm.starts, norm.buf.size)[firsts]
     docs = _Normalised(norm.buf, doc_starts[:-1], np.maximum(np.diff(doc_starts) - 1, 0))
     # One-paragraph docs are left to document-level dedup.
     keep = np.flatnonzero((_word_counts(norm) >= min_words) & (counts[owner] >= 2))
-    view = norm.buf.data
-    hashes = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(view[s : s + n], digest_size=8).digest(), "little")
+    view, blake2b = norm.buf.data, hashlib.blake2b
+    digests = b"".join(
+        [
+            blake2b(view[s : s + n], digest_size=8).digest()
             for s, n in zip(norm.starts[keep].tolist(), norm.lengths[keep].tolist(), strict=True)
-        ),
-        dtype=np.uint64,
-        count=keep.size,
+        ]
     )
-    offsets = np.searchsorted(owner[keep], np.arange(len(texts) + 1), side="left").astype(np.int64)
+    hashes = np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+    offsets = np.searchsorted(owner[keep], np.arange(len(pieces) + 1), side="left").astype(np.int64)
     return docs, offsets, position[keep].astype(np.uint32), hashes
+
+
+_PARAGRAPH_SEPARATOR_BYTES = re.compile(PARAGRAPH_SEPARATOR.pattern.encode("ascii"))
+
+
+def _paragraph_starts_python(raw: np.ndarray, doc_starts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each paragraph of each "\n"-terminated doc of raw[:size] starts, and paragraphs per doc: the
+    pieces `PARAGRAPH_SEPARATOR.split` gives. The reference for the compiled `paragraph_starts`."""
+    data = raw.tobytes()
+    ends = np.append(doc_starts[1:], size)[: doc_starts.size] - 1  # each doc's "\n" terminator is not part of it
+    starts: list[int] = []
+    counts: list[int] = []
+    for begin, end in zip(doc_starts.tolist(), ends.tolist(), strict=True):
+        starts.append(begin)
+        found = [m.end() for m in _PARAGRAPH_SEPARATOR_BYTES.finditer(data, begin, end)]
+        starts += found
+        counts.append(len(found) + 1)
+    return np.asarray(starts, dtype=np.int64), np.asarray(counts, dtype=np.int64)
 
 
 def _analyse(texts: _Texts, params: dict[str, Any]) -> _Analysis:

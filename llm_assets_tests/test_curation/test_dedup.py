@@ -630,3 +630,58 @@ def test_shingle_sets_are_each_docs_distinct_shingles_sorted(texts: list[str]) -
     assert len(sets) == len(texts)
     for got, start, end in zip(sets, (ends - windows).tolist(), ends.tolist(), strict=True):
         assert got.tolist() == np.unique(shingles[start:end]).tolist()
+
+
+def reference_paragraphs(
+    texts: Sequence[str | None], min_words: int
+) -> tuple[list[str], list[int], list[int], list[int]]:
+    """Paragraph analysis by its definition: split each text with PARAGRAPH_SEPARATOR, normalise each piece,
+    hash the pieces of at least `min_words` words in docs of two or more pieces (blake2b, 8 bytes, little-endian)."""
+    from llm_assets.curation.dedup import PARAGRAPH_SEPARATOR
+
+    docs: list[str] = []
+    offsets, positions, hashes = [0], [], []
+    for text in texts:
+        pieces = PARAGRAPH_SEPARATOR.split(text) if text else [""]
+        normalised = normalize(pieces)
+        docs.append(" ".join(p for p in normalised if p))
+        for position, piece in enumerate(normalised):
+            if len(pieces) >= 2 and (len(piece.split(" ")) if piece else 0) >= min_words:
+                positions.append(position)
+                digest = hashlib.blake2b(piece.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+                hashes.append(int.from_bytes(digest, "little"))
+        offsets.append(len(positions))
+    return docs, offsets, positions, hashes
+
+
+PARAGRAPH_PARTS = ["\n", "\n\n", " \n", "\n \t\n", "\r\n\r\n", "\n\x0b\n", "\n\x0c \n\n"]
+PARAGRAPH_PARTS += ["word", "İ", "Σ", "ΟΔΟΣ", " ", "x."]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.lists(
+        st.lists(st.sampled_from(PARAGRAPH_PARTS), max_size=10).map("".join) | st.text(max_size=30) | st.none(),
+        max_size=6,
+    ),
+    min_words=st.integers(min_value=0, max_value=3),
+    arrow=st.booleans(),
+)
+def test_paragraph_analysis_matches_its_definition(texts: list[str | None], min_words: int, arrow: bool) -> None:
+    """The byte-level paragraph pass (compiled and Python separator search alike) gives what splitting each
+    text with PARAGRAPH_SEPARATOR and normalising every piece gives: doc texts, positions and hashes."""
+    from llm_assets.curation import dedup
+
+    expected = reference_paragraphs(texts, min_words)
+    batch = pa.array(texts, pa.string()) if arrow else [t or "" for t in texts]
+    norm, offsets, positions, hashes = dedup._paragraphs(batch, min_words)
+    assert [norm.text(i) for i in range(len(texts))] == expected[0]
+    assert (offsets.tolist(), positions.tolist(), hashes.tolist()) == expected[1:]
+    pieces = dedup._utf8_pieces(batch)
+    raw, starts = dedup._joined(pieces)
+    size = dedup._joined_size(starts, pieces)
+    kernels = dedup._compiled_kernels()
+    assert kernels is not None
+    compiled = kernels.paragraph_starts(raw, starts, size)
+    python = dedup._paragraph_starts_python(raw, starts, size)
+    assert compiled[0].tolist() == python[0].tolist() and compiled[1].tolist() == python[1].tolist()
