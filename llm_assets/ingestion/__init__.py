@@ -7,6 +7,7 @@ from llm_assets.ingestion.descriptor import (
     parse_descriptor,
 )
 from llm_assets.ingestion.readers import (
+    PLAIN_SUFFIXES,
     SUPPORTED_SUFFIXES,
     FileOutcome,
     SourceFile,
@@ -18,6 +19,7 @@ from llm_assets.ingestion.readers import (
 
 __all__ = [
     "DESCRIPTOR_FILENAME",
+    "PLAIN_SUFFIXES",
     "SUPPORTED_SUFFIXES",
     "FileOutcome",
     "IngestError",

@@ -25,7 +25,15 @@ import trafilatura
 
 from llm_assets.ingestion.descriptor import DESCRIPTOR_FILENAME, IngestError, SourceDescriptor
 
-SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt", ".md", ".html", ".htm", ".pdf")
+PLAIN_SUFFIXES = (".jsonl", ".parquet", ".txt", ".md", ".html", ".htm", ".pdf")
+# Line- and text-based formats may come compressed, as public corpora ship them (.jsonl.gz, .jsonl.zst).
+COMPRESSIBLE_SUFFIXES = (".jsonl", ".txt", ".md", ".html", ".htm")
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+SUPPORTED_SUFFIXES = PLAIN_SUFFIXES + tuple(s + c for s in COMPRESSIBLE_SUFFIXES for c in COMPRESSIONS)
+_SUPPORTED_TEXT = (
+    f"{', '.join(PLAIN_SUFFIXES)}, or {', '.join(COMPRESSIBLE_SUFFIXES)} compressed as "
+    f"{' or '.join(f'{c} ({name})' for c, name in COMPRESSIONS.items())}"
+)
 DEFAULT_MAX_FILE_BYTES = 256 * 2**20
 STAGE = "ingest"
 EXCERPT_CHARS = 200
@@ -158,7 +166,7 @@ def _precheck(reader: _FileReader, size: int, max_file_bytes: int) -> FileOutcom
     if _suffix(reader.relpath) is None:
         return reader.reject_file(
             "unsupported_type",
-            f"unsupported file type — convert it to one of {', '.join(SUPPORTED_SUFFIXES)} or remove it",
+            f"unsupported file type — convert it to one of {_SUPPORTED_TEXT} or remove it",
         )
     if size > max_file_bytes:
         return reader.reject_file(
@@ -176,13 +184,14 @@ def read_source_file(
     refused = _precheck(reader, len(data), max_file_bytes)
     if refused is not None:
         return refused
-    suffix = _suffix(relpath)
-    if suffix == ".jsonl.gz":
+    suffix = _suffix(relpath) or ""
+    compression = next((name for ending, name in COMPRESSIONS.items() if suffix.endswith(ending)), None)
+    if compression is not None:
+        suffix = suffix.rsplit(".", 1)[0]
         try:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
-                data = unzipped.read(max_file_bytes + 1)
+            data = _decompress(data, compression, max_file_bytes + 1)
         except (OSError, EOFError, zlib.error) as exc:
-            return reader.reject_file("corrupt_file", f"not a readable gzip file ({exc}) — re-compress it")
+            return reader.reject_file("corrupt_file", f"not a readable {compression} file ({exc}) — re-compress it")
         if len(data) > max_file_bytes:
             return reader.reject_file(
                 "file_too_large",
@@ -190,7 +199,7 @@ def read_source_file(
             )
     if not data or data.isspace():
         return reader.reject_file("empty_file", "the file is empty — remove it or land its content")
-    if suffix in (".jsonl", ".jsonl.gz"):
+    if suffix == ".jsonl":
         _read_jsonl(reader, data)
         if reader.units == 0:  # only a byte-order mark and blank lines
             return reader.reject_file("empty_file", "no lines with content — remove it or land its content")
@@ -200,6 +209,15 @@ def read_source_file(
     if suffix == ".pdf":
         return _read_pdf(reader, data)
     return _read_text(reader, data, html=suffix in (".html", ".htm"))
+
+
+def _decompress(data: bytes, compression: str, limit: int) -> bytes:
+    """At most `limit` bytes of the decompressed file (one more than allowed tells the caller it is too big)."""
+    if compression == "gzip":
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
+            return unzipped.read(limit)
+    with pa.input_stream(pa.BufferReader(data), compression=compression) as stream:
+        return bytes(stream.read(limit))
 
 
 def _read_jsonl(reader: _FileReader, data: bytes) -> None:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_assets.ingestion import (
+    PLAIN_SUFFIXES,
     SUPPORTED_SUFFIXES,
     FileOutcome,
     IngestError,
@@ -264,12 +265,40 @@ def test_file_too_large():
     assert reject["excerpt"] is None
 
 
-@pytest.mark.parametrize("relpath", ["data.csv", "archive.zip", "notes.gz", "README", "x.jsonl.bz2"])
+@pytest.mark.parametrize(
+    "relpath", ["data.csv", "archive.zip", "notes.gz", "README", "x.jsonl.bz2", "a.parquet.gz", "a.pdf.zst"]
+)
 def test_unsupported_type(relpath):
     reject = _only_reject(_read(relpath, b"a,b\n1,2\n"))
     assert reject["rule"] == "unsupported_type"
-    for suffix in SUPPORTED_SUFFIXES:
+    for suffix in (*PLAIN_SUFFIXES, ".gz", ".zst"):
         assert suffix in reject["reason"]
+
+
+def _zstd(data: bytes) -> bytes:
+    return pa.Codec("zstd").compress(data, asbytes=True)
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, _zstd], ids=["gz", "zst"])
+def test_compressed_jsonl_text_markdown_and_html(compress):
+    assert set(SUPPORTED_SUFFIXES) >= {".jsonl.zst", ".txt.gz", ".md.zst", ".html.gz", ".htm.zst"}
+    ext = ".gz" if compress is gzip.compress else ".zst"
+    outcome = _read(f"part.jsonl{ext}", compress(_jsonl({"text": "a"}, "nope")))
+    assert [r["text"] for r in outcome.records] == ["a"]
+    assert [(r["locator"], r["rule"]) for r in outcome.rejects] == [("line 2", "malformed_json")]
+    (record,) = _read(f"notes.txt{ext}", compress("Άρθρο 1\n".encode())).records
+    assert record["text"] == "Άρθρο 1\n" and record["file"] == f"notes.txt{ext}"
+    assert len(_read(f"README.md{ext}", compress(b"# Title\n\nBody text.\n")).records) == 1
+    assert _only_reject(_read(f"a.txt{ext}", compress(b"  \n")))["rule"] == "empty_file"
+    reject = _only_reject(_read(f"a.txt{ext}", compress(b"x" * 5000), max_file_bytes=1000))
+    assert reject["rule"] == "file_too_large" and "decompresses to over" in reject["reason"]
+
+
+def test_corrupt_zstd():
+    for data in (b"this is not zstd", _zstd(b"a" * 5000)[:8]):
+        reject = _only_reject(_read("a.jsonl.zst", data))
+        assert (reject["rule"], reject["locator"]) == ("corrupt_file", "file")
+        assert "not a readable zstd file" in reject["reason"]
 
 
 def test_suffix_is_case_insensitive():
