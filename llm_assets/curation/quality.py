@@ -1,7 +1,8 @@
 """Language identification and heuristic quality filters (Gopher/C4-style), with per-language thresholds.
 
 Every rejected record says which rule removed it, the value measured and the bound it broke, so a threshold
-can be tuned from the reject table alone. Features are computed for the whole batch at once in polars.
+can be tuned from the reject table alone. Features are computed in one compiled pass over each batch's UTF-8
+(`_quality_kernels`), which tests hold equal to their definition in polars (`_measure_piece_polars`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,7 @@ def _language_stopwords(lang: str) -> pl.DataFrame:
     return pl.DataFrame({"lang": [lang] * len(words), "word": words}, schema={"lang": pl.String, "word": pl.String})
 
 
+KERNEL_DOC_BYTES = 1 << 18  # longer docs are measured in polars: the compiled pass's tables grow with a doc
 MEASURE_BATCH_CHARS = 1 << 20  # per-word frames take ~30x the text: measuring in ~1 MB pieces bounds that
 
 
@@ -251,7 +254,160 @@ def measure(texts: list[str], languages: list[str], blocklist: frozenset[str] = 
     return pl.concat(pieces, how="vertical_relaxed")
 
 
+@functools.cache
+def _quality_kernels() -> Any:
+    """The numba pass (imported on first use), or None where numba cannot load: polars then measures alone."""
+    try:
+        from llm_assets.curation import _quality_kernels
+    except (ImportError, RuntimeError):  # pragma: no cover - numba is a dependency
+        return None
+    return _quality_kernels
+
+
+@functools.cache
+def _char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per code point, read off polars itself so the compiled pass agrees with `_measure_piece_polars`:
+    kind (word / whitespace / symbol bits), lowercase, the second code point of a two-character lowercase
+    (U+0130 only), and the final-sigma classes of the basic multilingual plane (~0.3 s once per process)."""
+    from llm_assets.curation._quality_kernels import SPACE, SYMBOL, WORD
+    from llm_assets.curation.dedup import _code_points
+
+    points = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)])
+    chars = pl.Series([chr(c) for c in points.tolist()], dtype=pl.String)
+    lowered = chars.str.to_lowercase()
+    kind = np.zeros(0x110000, dtype=np.uint8)
+    kind[points] = (
+        lowered.str.contains(rf"^{_WORD_RE}$").to_numpy().astype(np.uint8) * WORD
+        | chars.str.contains(r"^\s$").to_numpy().astype(np.uint8) * SPACE
+        | chars.str.contains(f"^{_SYMBOL_RE}$").to_numpy().astype(np.uint8) * SYMBOL
+    )
+    lower = np.arange(0x110000, dtype=np.int64)
+    extra = np.zeros(0x110000, dtype=np.int64)
+    changed = np.flatnonzero((lowered != chars).to_numpy())
+    for k, text in zip(changed.tolist(), lowered.gather(changed).to_list(), strict=True):
+        lower[points[k]] = ord(text[0])
+        if len(text) > 1:
+            if len(text) > 2:  # pragma: no cover - no such lowercase in Unicode
+                raise RuntimeError(f"lowercase of U+{points[k]:04X} has {len(text)} characters")
+            extra[points[k]] = ord(text[1])
+    # Supplementary planes count as neither cased nor case-ignorable next to a capital sigma (deterministic;
+    # the dedup table learns those planes only as it meets them).
+    sigma = _code_points().sigma[:0x10000].copy()
+    return kind, lower, extra, sigma
+
+
+def _joined_utf8(texts: Sequence[str] | Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, int]:
+    from llm_assets.curation.dedup import _joined, _joined_size
+
+    pieces = [t.encode("utf-8", "surrogatepass") if isinstance(t, str) else t for t in texts]
+    raw, starts = _joined(pieces)
+    return raw, starts, _joined_size(starts, pieces)
+
+
+_NO_TABLE = np.zeros(0, dtype=np.uint64)
+
+
+def _word_hashes(words: Iterable[str]) -> np.ndarray:
+    """Sorted hashes, as the compiled pass computes them, of the list words a lowercased text word can equal:
+    those `str.to_lowercase` leaves as they are and that are one run of word characters."""
+    candidates = sorted(set(words))
+    if candidates:
+        series = pl.Series(candidates, dtype=pl.String)
+        candidates = series.filter(series.str.to_lowercase() == series).to_list()
+    if not candidates:
+        return _NO_TABLE
+    per_doc, first_hash, first_chars = _quality_kernels().measure_bytes(
+        *_joined_utf8(candidates),
+        *_char_tables(),
+        np.full(len(candidates), -1, dtype=np.int64),
+        _NO_TABLE,
+        np.zeros(1, dtype=np.int64),
+        _NO_TABLE,
+    )
+    whole = (per_doc[:, 3] == 1) & (first_chars == per_doc[:, 0])  # one word, and it is the whole entry
+    return np.unique(first_hash[whole])
+
+
+@functools.cache
+def _stopword_hashes(lang: str) -> np.ndarray:
+    return _word_hashes(stopwordsiso.stopwords(lang))
+
+
+def _top_ngrams(hashed: pl.DataFrame) -> pl.DataFrame:
+    """Per doc, top_ngram_chars from its words in order (columns doc, h: a hash of the word, length)."""
+    return (
+        hashed.select(
+            "doc",
+            key=(pl.col("h") * _MIX_WORD) ^ pl.col("h").shift(-1) ^ (pl.col("doc").cast(pl.UInt64) * _MIX_DOC),
+            same_doc=pl.col("doc") == pl.col("doc").shift(-1),
+            span=pl.col("length") + pl.col("length").shift(-1) + 1,
+        )
+        .filter(pl.col("same_doc"))  # first: a pair across two docs must not make a single pair look repeated
+        .filter(pl.col("key").is_duplicated())
+        .group_by("key")
+        .agg(doc=pl.col("doc").first(), count=pl.len().cast(pl.Int64), span=pl.col("span").first().cast(pl.Int64))
+        # the 2-gram with the highest (count, span) per document: both packed in one integer to take a max
+        .group_by("doc")
+        .agg(best=(pl.col("count") * _PACK + pl.col("span")).max())
+        .select("doc", top_ngram_chars=(pl.col("best") // _PACK) * (pl.col("best") % _PACK))
+    )
+
+
 def _measure_piece(texts: list[str], languages: list[str], blocklist: frozenset[str]) -> pl.DataFrame:
+    """The features of one piece in one compiled pass over its UTF-8 (`_measure_piece_polars` defines them)."""
+    kernels = _quality_kernels()
+    if kernels is None:  # pragma: no cover - numba is a dependency
+        return _measure_piece_polars(texts, languages, blocklist)
+    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+    long_docs = [i for i, data in enumerate(encoded) if len(data) > KERNEL_DOC_BYTES]
+    if long_docs:
+        short = [i for i in range(len(texts)) if len(encoded[i]) <= KERNEL_DOC_BYTES]
+        parts = [
+            _measure_piece_polars(
+                [texts[i] for i in long_docs], [languages[i] for i in long_docs], blocklist
+            ).with_columns(doc=pl.Series(long_docs, dtype=pl.Int64)),
+        ]
+        if short:
+            parts.append(
+                _measure_piece([texts[i] for i in short], [languages[i] for i in short], blocklist).with_columns(
+                    doc=pl.Series(short, dtype=pl.Int64)
+                )
+            )
+        return pl.concat(parts).sort("doc")
+    with_lists = sorted({lang for lang in languages if stopwordsiso.has_lang(lang)})
+    code = {lang: k for k, lang in enumerate(with_lists)}
+    tables = [_stopword_hashes(lang) for lang in with_lists]
+    bounds = np.zeros(len(tables) + 1, dtype=np.int64)
+    np.cumsum([t.size for t in tables], out=bounds[1:])
+    doc_lang = np.fromiter((code.get(lang, -1) for lang in languages), dtype=np.int64, count=len(languages))
+    per_doc, _, _ = kernels.measure_bytes(
+        *_joined_utf8(encoded),
+        *_char_tables(),
+        doc_lang,
+        np.concatenate(tables) if tables else _NO_TABLE,
+        bounds,
+        _word_hashes(blocklist) if blocklist else _NO_TABLE,
+    )
+    columns = dict(zip(kernels.FEATURES, per_doc.T, strict=True))
+    return pl.DataFrame(
+        {
+            "doc": np.arange(len(texts), dtype=np.int64),
+            "chars": columns["chars"],
+            "nonspace_chars": columns["chars"] - columns["spaces"],
+            "symbols": columns["symbols"],
+            "words": columns["words"],
+            "stopwords": pl.Series(columns["stopwords"]).set(pl.Series(doc_lang < 0), None),
+            "top_ngram_chars": columns["top_ngram_chars"],
+            "lines": columns["lines"],
+            "duplicate_lines": columns["duplicate_lines"],
+            "blocklist_hits": columns["blocklist_hits"],
+        }
+    )
+
+
+def _measure_piece_polars(texts: list[str], languages: list[str], blocklist: frozenset[str]) -> pl.DataFrame:
+    """The definition of every feature in polars string operations: the reference the compiled pass is
+    tested against, and the path where numba cannot load."""
     n = len(texts)
     docs = pl.DataFrame(
         {"doc": np.arange(n, dtype=np.int64), "text": texts, "lang": languages},
@@ -281,22 +437,7 @@ def _measure_piece(texts: list[str], languages: list[str], blocklist: frozenset[
     # Word 2-grams keyed by one 64-bit hash of (document, word, next word): grouping one integer column is
     # what keeps this fast. Any collision in a batch of a million pairs has probability ~3e-8 and would
     # only merge two counts.
-    hashed = words.select("doc", h=pl.col("word").hash(), length=pl.col("word").str.len_chars())
-    top_ngram = (
-        hashed.select(
-            "doc",
-            key=(pl.col("h") * _MIX_WORD) ^ pl.col("h").shift(-1) ^ (pl.col("doc").cast(pl.UInt64) * _MIX_DOC),
-            same_doc=pl.col("doc") == pl.col("doc").shift(-1),
-            span=pl.col("length") + pl.col("length").shift(-1) + 1,
-        )
-        .filter(pl.col("same_doc") & pl.col("key").is_duplicated())
-        .group_by("key")
-        .agg(doc=pl.col("doc").first(), count=pl.len().cast(pl.Int64), span=pl.col("span").first().cast(pl.Int64))
-        # the 2-gram with the highest (count, span) per document: both packed in one integer to take a max
-        .group_by("doc")
-        .agg(best=(pl.col("count") * _PACK + pl.col("span")).max())
-        .select("doc", top_ngram_chars=(pl.col("best") // _PACK) * (pl.col("best") % _PACK))
-    )
+    top_ngram = _top_ngrams(words.select("doc", h=pl.col("word").hash(), length=pl.col("word").str.len_chars()))
 
     lines = (
         docs.select("doc", line=pl.col("text").str.split("\n"))

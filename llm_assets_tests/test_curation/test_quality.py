@@ -293,3 +293,75 @@ def test_every_input_row_is_kept_or_rejected(texts: list[str], allowed: list[str
     assert set(out.rejects.column("rule").to_pylist()) <= set(RULES)
     if allowed:
         assert set(out.kept.column("lang").to_pylist()) <= set(allowed)
+
+
+# Characters where the compiled pass could part from polars: final/medial sigma and what decides it (cased
+# letters, case-ignorable apostrophe and combining mark), the two-character lowercase of U+0130, Unicode
+# whitespace (no-break, ideographic, line separator), CR, symbols and emoji, zero-width joiner, underscore,
+# digits, other numbers, and words of the stopword lists measured below.
+MEASURE_ALPHABET = [
+    "Σ",
+    "ΟΔΟΣ",
+    "σ",
+    "ς",
+    "Α",
+    "'",
+    "\u0301",
+    "İ",
+    "I",
+    "i",
+    "\u00a0",
+    "\u3000",
+    "\u2028",
+    "\r",
+    "\n",
+    " ",
+    "\t",
+    "😀",
+    "👍🏽",
+    "©",
+    "+",
+    "$",
+    "\u200d",
+    "_",
+    "7",
+    "½",
+    ".",
+    "the",
+    "and",
+    "και",
+    "der",
+    "x",
+    "Ab",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    docs=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(MEASURE_ALPHABET), max_size=30).map("".join) | st.text(max_size=40),
+            st.sampled_from(["en", "el", "de", "und", "xx"]),
+        ),
+        max_size=8,
+    ),
+    blocklist=st.sampled_from([frozenset(), frozenset({"x", "the"}), frozenset({"οδος", "Ab", "two words"})]),
+    long_doc_bytes=st.sampled_from([1 << 18, 12]),
+)
+def test_compiled_measure_gives_the_polars_features(
+    docs: list[tuple[str, str]], blocklist: frozenset[str], long_doc_bytes: int
+) -> None:
+    """The one-pass compiled measurement equals the polars definition row for row, long docs (sent to
+    polars) mixed in; list entries a lowercased word cannot equal ("Ab", "two words") never match."""
+    from llm_assets.curation import quality
+
+    texts, languages = [t for t, _ in docs], [lang for _, lang in docs]
+    expected = quality._measure_piece_polars(texts, languages, blocklist)
+    original = quality.KERNEL_DOC_BYTES
+    quality.KERNEL_DOC_BYTES = long_doc_bytes
+    try:
+        actual = quality._measure_piece(texts, languages, blocklist)
+    finally:
+        quality.KERNEL_DOC_BYTES = original
+    assert actual.schema == expected.schema
+    assert actual.to_dicts() == expected.to_dicts()
