@@ -85,6 +85,7 @@ _FTFY_CONFIG = ftfy.TextFixerConfig(
 # punctuation they are apostrophes (and U+0384 is how the Greek numeral sign is often typed).
 _PRE_NFKC = {"\u00b4": "'", "\u0384": "'"}
 # Curly quotes, dash variants and the ellipsis; guillemets and the Greek question mark (';' after NFC) stay.
+# All non-ASCII (`_prepare_once` relies on it to leave ASCII texts out).
 _PUNCTUATION = {
     **dict.fromkeys("\u2018\u2019\u201a\u201b", "'"),
     **dict.fromkeys("\u201c\u201d\u201e\u201f", '"'),
@@ -222,11 +223,14 @@ def _prepare_once(texts: Sequence[str], config: NormalizeConfig, changes: dict[s
     if config.standardise_whitespace:
         series = series.str.replace_many(_LINE_BREAKS, leftmost=True)
     if config.remove_control_chars:
-        changes["control_chars_removed"] += int(series.str.count_matches(_CONTROL_RE).sum())
-        series = series.str.replace_all(_CONTROL_RE, "")
-    if config.standardise_punctuation:
-        changes["punctuation_standardised"] += int(series.str.count_matches(_PUNCTUATION_RE).sum())
-        series = series.str.replace_many(_PUNCTUATION)
+        chars = series.str.len_chars()
+        series = series.str.replace_all(_CONTROL_RE, "")  # one character per match: the length says how many
+        changes["control_chars_removed"] += int((chars - series.str.len_chars()).sum())
+    if config.standardise_punctuation and non_ascii:
+        # every character it replaces is non-ASCII, and no step before adds one to an ASCII text
+        part = series.gather(non_ascii)
+        changes["punctuation_standardised"] += int(part.str.count_matches(_PUNCTUATION_RE).sum())
+        series = series.scatter(non_ascii, part.str.replace_many(_PUNCTUATION))
     if config.standardise_whitespace:
         spaced = (
             series.str.replace_all(_HSPACE_RE, " ")

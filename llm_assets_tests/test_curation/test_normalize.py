@@ -112,6 +112,21 @@ def test_punctuation_standardised_and_guillemets_kept() -> None:
     assert changes["punctuation_standardised"] == 8
 
 
+def test_punctuation_step_reads_only_non_ascii_texts() -> None:
+    """Every character the step replaces is non-ASCII, which is why ASCII texts skip it; a batch mixing
+    both counts and replaces the same as one text at a time."""
+    from llm_assets.curation import normalize
+
+    assert not any(key.isascii() for key in normalize._PUNCTUATION)
+    texts = ["plain -- ascii...", "1\u20135 \u2014 wait\u2026", "x\x07y", "\u201cq\u201d\u00a0z"]
+    changes = dict.fromkeys(normalize.CHANGE_KINDS, 0)
+    batch = normalize._prepare(texts, DEFAULT, changes)
+    singles = [normalize_text(text, DEFAULT) for text in texts]
+    assert batch == [text for text, _ in singles]
+    for kind in ("punctuation_standardised", "control_chars_removed"):
+        assert changes[kind] == sum(single[kind] for _, single in singles) > 0
+
+
 def test_whitespace_standardised() -> None:
     text, changes = normalize_text("  line one  \r\nline\ttwo\u00a0x\r\rthree\n\n\n\n\nfour \u2028five  ", DEFAULT)
     assert text == "line one\nline two x\n\nthree\n\nfour\nfive"
