@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import ftfy
 import numpy as np
@@ -220,6 +220,41 @@ def _prepare_once(texts: Sequence[str], config: NormalizeConfig, changes: dict[s
         normalized = part.str.normalize(config.unicode_form)
         changes["unicode_normalized"] += int((normalized != part).sum())
         series = series.scatter(non_ascii, normalized)
+    if not (config.standardise_whitespace or config.remove_control_chars or config.standardise_punctuation):
+        return series.to_list()
+    kernels = _normalize_kernels()
+    if kernels is None:  # pragma: no cover - numba is a dependency
+        return _standardise_polars(series, config, changes, non_ascii).to_list()
+    array = series.to_arrow()
+    if not isinstance(array, pa.LargeStringArray):  # pragma: no cover - polars exports large_string
+        array = array.cast(pa.large_string())
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    data = array.buffers()[2]
+    kind, punctuation, replacement, replacement_offsets = _step_tables()
+    out, out_offsets, per_doc = kernels.standardise_bytes(
+        np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8),
+        offsets,
+        kind,
+        punctuation,
+        replacement,
+        replacement_offsets,
+        config.standardise_whitespace,
+        config.remove_control_chars,
+        config.standardise_punctuation,
+        config.standardise_whitespace,
+    )
+    changes["control_chars_removed"] += int(per_doc[:, 0].sum())
+    changes["punctuation_standardised"] += int(per_doc[:, 1].sum())
+    changes["whitespace_standardised"] += int(per_doc[:, 2].sum())
+    result = pa.LargeStringArray.from_buffers(len(array), pa.py_buffer(out_offsets), pa.py_buffer(out))
+    return result.to_pylist()
+
+
+def _standardise_polars(
+    series: pl.Series, config: NormalizeConfig, changes: dict[str, int], non_ascii: list[int]
+) -> pl.Series:
+    """Line breaks, control characters, punctuation and whitespace as polars string passes: the definition the
+    compiled pass (`_normalize_kernels`) is tested against, and the path where numba cannot load."""
     if config.standardise_whitespace:
         series = series.str.replace_many(_LINE_BREAKS, leftmost=True)
     if config.remove_control_chars:
@@ -240,7 +275,43 @@ def _prepare_once(texts: Sequence[str], config: NormalizeConfig, changes: dict[s
         )
         changes["whitespace_standardised"] += int((spaced != series).sum())
         series = spaced
-    return series.to_list()
+    return series
+
+
+@functools.cache
+def _normalize_kernels() -> Any:
+    """The numba pass (imported on first use), or None where numba cannot load: polars then does the steps."""
+    try:
+        from llm_assets.curation import _normalize_kernels
+    except (ImportError, RuntimeError):  # pragma: no cover - numba is a dependency
+        return None
+    return _normalize_kernels
+
+
+@functools.cache
+def _step_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per code point, read off polars so the compiled pass agrees with `_standardise_polars`: the kind bits,
+    the punctuation code; and the replacements' UTF-8 laid end to end with their offsets."""
+    from llm_assets.curation._codepoints import code_point_series
+    from llm_assets.curation._normalize_kernels import CONTROL, LINE_BREAK, PUNCTUATION_OUT, WHITE_SPACE
+
+    # Every control, line break, white space and replaced punctuation character is in the basic plane.
+    points, chars = code_point_series(0x10000)
+    kind = np.zeros(0x10000, dtype=np.uint8)
+    kind[points] = (
+        chars.str.contains(f"^{_CONTROL_RE}$").to_numpy().astype(np.uint8) * CONTROL
+        | chars.str.contains(r"^\s$").to_numpy().astype(np.uint8) * WHITE_SPACE
+    )
+    for key in _LINE_BREAKS:
+        if len(key) == 1:  # "\r\n" is read as its "\r"
+            kind[ord(key)] |= LINE_BREAK
+    punctuation = np.zeros(0x10000, dtype=np.uint8)
+    for key, value in _PUNCTUATION.items():
+        punctuation[ord(key)] = PUNCTUATION_OUT.index(value)
+    encoded = [text.encode("utf-8") for text in PUNCTUATION_OUT]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return kind, punctuation, np.frombuffer(b"".join(encoded) or b"\0", dtype=np.uint8), offsets
 
 
 # What Python's str.split()/str.strip() treat as whitespace (str.isspace; none above U+3000), for polars.

@@ -269,11 +269,11 @@ def _char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per code point, read off polars itself so the compiled pass agrees with `_measure_piece_polars`:
     kind (word / whitespace / symbol bits), lowercase, the second code point of a two-character lowercase
     (U+0130 only), and the final-sigma classes of the basic multilingual plane (~0.3 s once per process)."""
+    from llm_assets.curation._codepoints import code_point_series
     from llm_assets.curation._quality_kernels import SPACE, SYMBOL, WORD
     from llm_assets.curation.dedup import _code_points
 
-    points = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)])
-    chars = pl.Series([chr(c) for c in points.tolist()], dtype=pl.String)
+    points, chars = code_point_series()
     lowered = chars.str.to_lowercase()
     kind = np.zeros(0x110000, dtype=np.uint8)
     kind[points] = (

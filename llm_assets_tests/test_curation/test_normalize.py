@@ -8,7 +8,7 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 from ftfy.badness import is_bad
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llm_assets.curation.normalize import (
@@ -255,3 +255,49 @@ def test_every_input_row_is_kept_or_rejected(texts: list[str], min_chars: int) -
 def test_normalisation_is_idempotent(text: str) -> None:
     once = normalize_text(text, DEFAULT)[0]
     assert normalize_text(once, DEFAULT)[0] == once
+
+
+# Everything the character steps treat specially: each line break (and "\r\n"), controls that are also line
+# breaks (\x0b, \x85), other controls and invisible characters, joiners that stay, every kind of white space,
+# the punctuation replaced (one of them by three characters) and kept, plus letters to separate them.
+STEP_ALPHABET = [*"\r\n\x0b\x0c\x85\u2028\u2029\x00\x07\x1c\x7f\u00ad\u200b\ufeff\u202e\u200d\u200c"]
+STEP_ALPHABET += [*" \t\u00a0\u3000\u2003\u2018\u201d\u2014\u2026\u2212«»", "a", "Ω", "😀", "\r\n", "  "]
+
+
+ONE_WHITESPACE_CHANGE = ["a\n b", "a \nb", "a  b", "a\tb", " a", "a ", "a\n\n\nb", "\na", "a\n", "a\x07 \nb"]
+NO_WHITESPACE_CHANGE = ["a b", "a\n\nb", "a\nb", "a\r\nb", "a\x85b", "a\x07b"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(texts=ONE_WHITESPACE_CHANGE + NO_WHITESPACE_CHANGE, switches=(True, True, True))
+@given(
+    texts=st.lists(st.lists(st.sampled_from(STEP_ALPHABET), max_size=24).map("".join) | st.text(max_size=30)),
+    switches=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+)
+def test_compiled_steps_give_the_polars_text_and_counts(texts: list[str], switches: tuple[bool, bool, bool]) -> None:
+    """Line breaks, controls, punctuation and whitespace in one compiled pass equal the polars passes that
+    define them, text and change counts, with any of the steps switched off."""
+    import polars as pl
+
+    from llm_assets.curation import normalize
+
+    whitespace, controls, punctuation = switches
+    config = NormalizeConfig(
+        fix_mojibake=False,
+        unicode_form=None,
+        standardise_whitespace=whitespace,
+        remove_control_chars=controls,
+        standardise_punctuation=punctuation,
+    )
+    expected_changes = dict.fromkeys(normalize.CHANGE_KINDS, 0)
+    non_ascii = [i for i, text in enumerate(texts) if not text.isascii()]
+    expected = normalize._standardise_polars(pl.Series(texts, dtype=pl.String), config, expected_changes, non_ascii)
+    changes = dict.fromkeys(normalize.CHANGE_KINDS, 0)
+    assert normalize._prepare_once(texts, config, changes) == expected.to_list()
+    assert changes == expected_changes
+    for text in texts:  # per document too: a batch's sums could hide two opposite mistakes
+        one: dict[str, int] = dict.fromkeys(normalize.CHANGE_KINDS, 0)
+        reference: dict[str, int] = dict.fromkeys(normalize.CHANGE_KINDS, 0)
+        normalize._standardise_polars(pl.Series([text], dtype=pl.String), config, reference, [0])
+        normalize._prepare_once([text], config, one)
+        assert one == reference, text

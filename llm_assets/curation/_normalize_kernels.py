@@ -1,0 +1,144 @@
+"""Compiled (numba) pass for normalisation's character steps: line breaks, control characters, punctuation and
+whitespace in one walk over each document's UTF-8, instead of seven polars string passes.
+
+It does what `normalize._standardise_polars` defines, in the same order, on a per-code-point table that
+`normalize._step_tables` reads off polars itself: LINE_BREAK (becomes "\\n"; "\\r\\n" is one break),
+CONTROL (removed), PUNCTUATION (replaced by PUNCTUATION_OUT[code]), WHITE_SPACE (`\\s`, which is also what
+`strip_chars` strips). The whitespace step: every run of whitespace other than "\\n" becomes one space,
+spaces next to a "\\n" go, runs of three or more "\\n" become two, and the ends are stripped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from llm_assets.curation._utf8_kernels import _decode
+
+LINE_BREAK, CONTROL, WHITE_SPACE = 1, 2, 4  # bits of `kind`
+PUNCTUATION_OUT = ("", "'", '"', "-", "...")  # what `punctuation[cp]` codes 1.. stand for
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(out: np.ndarray, w: int, cp: Any) -> int:
+    """Write the UTF-8 of `cp` at out[w]; returns the position after it."""
+    if cp < 0x80:
+        out[w] = cp
+        return w + 1
+    if cp < 0x800:
+        out[w] = 0xC0 | (cp >> 6)
+        out[w + 1] = 0x80 | (cp & 0x3F)
+        return w + 2
+    if cp < 0x10000:
+        out[w] = 0xE0 | (cp >> 12)
+        out[w + 1] = 0x80 | ((cp >> 6) & 0x3F)
+        out[w + 2] = 0x80 | (cp & 0x3F)
+        return w + 3
+    out[w] = 0xF0 | (cp >> 18)
+    out[w + 1] = 0x80 | ((cp >> 12) & 0x3F)
+    out[w + 2] = 0x80 | ((cp >> 6) & 0x3F)
+    out[w + 3] = 0x80 | (cp & 0x3F)
+    return w + 4
+
+
+@njit(cache=True, nogil=True)
+def standardise_bytes(
+    data: np.ndarray,
+    offsets: np.ndarray,
+    kind: np.ndarray,
+    punctuation: np.ndarray,
+    punctuation_out: np.ndarray,
+    punctuation_out_offsets: np.ndarray,
+    line_breaks: bool,
+    controls: bool,
+    punctuate: bool,
+    whitespace: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The steps switched on, over the docs data[offsets[d]:offsets[d + 1]] (valid UTF-8).
+
+    Returns (out, out_offsets, per_doc [n, 3]: control characters removed, punctuation characters replaced,
+    1 where the whitespace step changed the doc). `punctuation_out[punctuation_out_offsets[c]:...[c + 1]]`
+    is the UTF-8 that punctuation code c becomes (none is longer than what it replaces)."""
+    n_docs = offsets.size - 1
+    out = np.empty(max(offsets[n_docs] - offsets[0], 1), dtype=np.uint8)
+    out_offsets = np.zeros(n_docs + 1, dtype=np.int64)
+    per_doc = np.zeros((n_docs, 3), dtype=np.int64)
+    w = 0
+    for d in range(n_docs):
+        begin = offsets[d]
+        end = offsets[d + 1]
+        removed = replaced = 0
+        changed = False
+        started = False  # a character other than whitespace has been written (leading whitespace is stripped)
+        pending_space = False  # horizontal whitespace seen since the last character written
+        pending_breaks = 0  # "\n" seen since the last character written
+        i = begin
+        while i < end:
+            byte = data[i]
+            if byte < 0x80:
+                cp, width = np.int64(byte), 1
+            else:
+                cp, width = _decode(data, i)
+                if width == 0:  # not reached on valid UTF-8
+                    cp, width = np.int64(byte), 1
+            i += width
+            flags = kind[cp] if cp < kind.size else 0
+            if line_breaks and flags & LINE_BREAK:
+                if cp == 0x0D and i < end and data[i] == 0x0A:
+                    i += 1
+                cp = np.int64(0x0A)
+                flags = WHITE_SPACE
+            elif controls and flags & CONTROL:
+                removed += 1
+                continue
+            code = punctuation[cp] if punctuate and cp < punctuation.size else 0
+            if code:
+                replaced += 1
+            if not whitespace:
+                if code:
+                    for k in range(punctuation_out_offsets[code], punctuation_out_offsets[code + 1]):
+                        out[w] = punctuation_out[k]
+                        w += 1
+                else:
+                    w = _put(out, w, cp)
+                continue
+            if cp == 0x0A:
+                if pending_space or not started:
+                    changed = True  # a space before a line break, or leading whitespace, goes
+                pending_space = False
+                pending_breaks += 1
+                continue
+            if flags & WHITE_SPACE and not code:
+                if cp != 0x20 or pending_space or pending_breaks or not started:
+                    changed = True  # another kind of space, a run, a space after a break, or leading
+                if started and not pending_breaks:
+                    pending_space = True
+                continue
+            if started:
+                if pending_breaks:
+                    if pending_breaks > 2:
+                        changed = True
+                    for _ in range(min(pending_breaks, 2)):
+                        out[w] = 0x0A
+                        w += 1
+                elif pending_space:
+                    out[w] = 0x20
+                    w += 1
+            started = True
+            pending_space = False
+            pending_breaks = 0
+            if code:
+                for k in range(punctuation_out_offsets[code], punctuation_out_offsets[code + 1]):
+                    out[w] = punctuation_out[k]
+                    w += 1
+            else:
+                w = _put(out, w, cp)
+        if whitespace and (pending_space or pending_breaks):
+            changed = True  # trailing whitespace is stripped
+        out_offsets[d + 1] = w
+        per_doc[d, 0] = removed
+        per_doc[d, 1] = replaced
+        per_doc[d, 2] = changed
+    return out[:w], out_offsets, per_doc
