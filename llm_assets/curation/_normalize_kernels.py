@@ -142,3 +142,70 @@ def standardise_bytes(
         per_doc[d, 1] = replaced
         per_doc[d, 2] = changed
     return out[:w], out_offsets, per_doc
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+@njit(cache=True, nogil=True)
+def candidate_lines(
+    raw: np.ndarray, starts: np.ndarray, size: int, space: np.ndarray, max_chars: int, min_words: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(doc, position, key) of every line of the "\\n"-terminated docs of raw[:size] that, stripped of the
+    characters `space` marks, has 1 to `max_chars` characters and at least `min_words` words (runs between
+    `space` characters); key: a 64-bit hash of the stripped line's code points."""
+    n_docs = starts.size
+    cap = size // 2 + 1  # a counted line and its "\n" take at least 2 bytes
+    docs = np.empty(cap, dtype=np.int64)
+    positions = np.empty(cap, dtype=np.int64)
+    keys = np.empty(cap, dtype=np.uint64)
+    m = 0
+    for d in range(n_docs):
+        end = (starts[d + 1] if d + 1 < n_docs else size) - 1  # the doc's "\n" terminator is not its own
+        position = 0
+        i = starts[d]
+        while i <= end:
+            # one line: raw[i:j], j at the next "\n" (or the doc's end)
+            h = _FNV_OFFSET
+            kept = _FNV_OFFSET  # the hash up to the last character that is not a space
+            chars = kept_chars = 0  # characters from the first non-space on, and up to the last non-space
+            runs = kept_runs = 0  # space runs after the first non-space, and those followed by a non-space
+            in_space = False
+            while i < end and raw[i] != 0x0A:
+                byte = raw[i]
+                if byte < 0x80:
+                    cp, width = np.int64(byte), 1
+                else:
+                    cp, width = _decode(raw, i)
+                    if width == 0:
+                        cp, width = np.int64(byte), 1
+                i += width
+                is_space = cp < space.size and space[cp]
+                if chars == 0 and is_space:
+                    continue  # leading
+                h = (h ^ np.uint64(cp)) * _FNV_PRIME
+                chars += 1
+                if is_space:
+                    if not in_space:
+                        runs += 1
+                    in_space = True
+                else:
+                    in_space = False
+                    kept = h
+                    kept_chars = chars
+                    kept_runs = runs
+            if 1 <= kept_chars <= max_chars and kept_runs >= min_words - 1:
+                z = kept
+                z = (z ^ (z >> _S30)) * _MIX1
+                z = (z ^ (z >> _S27)) * _MIX2
+                docs[m] = d
+                positions[m] = position
+                keys[m] = z ^ (z >> _S31)
+                m += 1
+            position += 1
+            i += 1  # past the "\n"
+    return docs[:m], positions[:m], keys[:m]

@@ -324,8 +324,36 @@ def _candidate_lines(texts: Sequence[str], config: NormalizeConfig) -> pl.DataFr
     """(doc, position, key) of every line that may be boilerplate: stripped, not empty, short, enough words.
 
     `key` is a 64-bit hash of the stripped line (collisions: ~1 in 2^64 per pair); both passes of one run hash
-    alike, which is all the keys are used for (they are never stored).
+    alike, which is all the keys are used for (they are never stored). One compiled pass over the UTF-8;
+    `_candidate_lines_polars` defines the same lines (with other keys).
     """
+    kernels = _normalize_kernels()
+    if kernels is None:  # pragma: no cover - numba is a dependency
+        return _candidate_lines_polars(texts, config)
+    from llm_assets.curation.dedup import _joined, _joined_size
+
+    pieces = [text.encode("utf-8", "surrogatepass") for text in texts]
+    raw, starts = _joined(pieces)
+    docs, positions, keys = kernels.candidate_lines(
+        raw,
+        starts,
+        _joined_size(starts, pieces),
+        _python_space_table(),
+        config.boilerplate_max_line_chars,
+        config.boilerplate_min_line_words,
+    )
+    return pl.DataFrame({"doc": docs, "position": positions, "key": keys})
+
+
+@functools.cache
+def _python_space_table() -> np.ndarray:
+    table = np.zeros(0x10000, dtype=np.bool_)
+    table[[ord(ch) for ch in _PY_SPACE_CHARS]] = True
+    return table
+
+
+def _candidate_lines_polars(texts: Sequence[str], config: NormalizeConfig) -> pl.DataFrame:
+    """`_candidate_lines` in polars string passes: the definition the compiled pass is tested against."""
     stripped = pl.col("line").str.strip_chars(_PY_SPACE_CHARS)
     return (
         pl.DataFrame({"text": pl.Series(texts, dtype=pl.String)})

@@ -301,3 +301,25 @@ def test_compiled_steps_give_the_polars_text_and_counts(texts: list[str], switch
         normalize._standardise_polars(pl.Series([text], dtype=pl.String), config, reference, [0])
         normalize._prepare_once([text], config, one)
         assert one == reference, text
+
+
+LINE_ALPHABET = ["\n", " ", "\t", "\u00a0", "\u3000", "\x1c", "\r", "word", "Λέξη", "x", "😀", "a b c d"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    texts=st.lists(st.lists(st.sampled_from(LINE_ALPHABET), max_size=30).map("".join) | st.text(max_size=40)),
+    max_chars=st.integers(min_value=1, max_value=30),
+    min_words=st.integers(min_value=1, max_value=4),
+)
+def test_compiled_candidate_lines_are_the_polars_lines(texts: list[str], max_chars: int, min_words: int) -> None:
+    """The same (doc, position) lines as the polars definition, and two lines share a key exactly when their
+    polars keys (hashes of the stripped text) are equal."""
+    from llm_assets.curation import normalize
+
+    config = NormalizeConfig(boilerplate_max_line_chars=max_chars, boilerplate_min_line_words=min_words)
+    expected = normalize._candidate_lines_polars(texts, config)
+    actual = normalize._candidate_lines(texts, config)
+    assert actual.select("doc", "position").rows() == expected.select("doc", "position").rows()
+    pairs = set(zip(expected["key"].to_list(), actual["key"].to_list(), strict=True))
+    assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs})
