@@ -32,7 +32,8 @@ def _find(slots: np.ndarray, slot_base: int, keys: np.ndarray, key_base: int, sh
 
 @njit(cache=True, nogil=True)
 def log_probs(
-    top_keys: np.ndarray,
+    ids: np.ndarray,
+    positions: np.ndarray,
     bits: int,
     order: int,
     ngram_slots: np.ndarray,
@@ -49,12 +50,16 @@ def log_probs(
     context_log_gamma: np.ndarray,
     log_uniform: float,
 ) -> np.ndarray:
-    """ln P(char | context) per entry of `top_keys` (each the packed highest-order n-gram ending there):
-    the longest n-gram the model has, plus the back-off weights of the longer contexts it had to skip."""
-    out = np.empty(top_keys.size, dtype=np.float64)
+    """ln P(ids[p] | the order-1 ids before it) for each p in `positions`: the longest n-gram the model has,
+    plus the back-off weights of the longer contexts it had to skip. The n-gram ending at p is packed as
+    `perplexity._top_keys` packs it (ids[p] in the lowest bits), here as each position is reached."""
+    out = np.empty(positions.size, dtype=np.float64)
     width = np.uint64(bits)
-    for i in range(top_keys.size):
-        key = top_keys[i]
+    for i in range(positions.size):
+        p = positions[i]
+        key = np.uint64(0)
+        for back in range(min(order, p + 1)):
+            key |= np.uint64(ids[p - back]) << np.uint64(bits * back)
         backoff = 0.0
         result = log_uniform
         found = False

@@ -292,8 +292,7 @@ class CharNgramLM:
         kernels = _compiled_kernels()
         if kernels is None:
             return self._log_probs_numpy(ids, positions)
-        key = _top_keys(ids, self.order, self.bits)[positions]
-        return kernels.log_probs(key, self.bits, self.order, *self._flat_tables, self._log_uniform)
+        return kernels.log_probs(ids, positions, self.bits, self.order, *self._flat_tables, self._log_uniform)
 
     def _log_probs_numpy(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The reference for the compiled loop: one vectorised hash lookup per order."""
