@@ -134,8 +134,7 @@ def main() -> None:
         # MB per CPU-second is the per-core rate: the chain runs in one process, and polars and Arrow spread
         # some of its work over more than one core, so wall MB/s divided by the cores would understate it.
         print(
-            f"{'size':>8} {'MB':>8} {'s':>8} {'MB/s':>8} {'CPU s':>8} {'MB/CPU-s':>9} {'peak RSS MB':>12} "
-            f"{'kept':>9}"
+            f"{'size':>8} {'MB':>8} {'s':>8} {'MB/s':>8} {'CPU s':>8} {'MB/CPU-s':>9} {'peak RSS MB':>12} {'kept':>9}"
         )
         for label, row in (("1x", small), (f"{args.rss_scale:g}x", large)):
             print(
