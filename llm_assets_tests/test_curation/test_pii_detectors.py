@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from llm_assets.curation.pii import scan_text
 from llm_assets.curation.pii.detectors import (
@@ -448,3 +450,40 @@ def test_name_prefilters_cover_every_key_a_rule_starts_from() -> None:
     assert all(suffix[-2:] in d.suffix_tails for suffix in d.street_suffixes)
     found = scan_text("Dr Smith lives at 24 Clarke Avenue near Hauptstraße 5 in Thessaloniki.", ["person", "location"])
     assert {h.kind for h in found} == {"person", "location"}
+
+
+# Every character the cluster and IBAN patterns tell apart (U+00A0 the only non-ASCII one), plus others.
+SCAN_ALPHABET = [*"0123456789+().- \t\u00a0AbZxΩ,/:@", "\u00a0\u00a0", "  ", "DE", "GR16", "1234567"]
+
+
+def _regex_scan(text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    from llm_assets.curation.pii import detectors
+
+    clusters = [m.span() for m in detectors._CLUSTER.finditer(text)]
+    ibans = sorted({m.span() for p in range(len(text) + 1) if (m := detectors._IBAN.search(text, p))})
+    return clusters, ibans
+
+
+# IBAN-shaped runs at the pattern's bounds: 10 and 11 letters or digits after "GR16", 30 and 31, with spaces.
+IBAN_BOUNDS = ["GR16" + "7" * 10, "GR16" + "7" * 11, "x GR16 0110 125" + "0" * 4, "GR16" + "1" * 30, "GR16" + "1" * 31]
+
+
+@settings(max_examples=400, deadline=None)
+@example(texts=IBAN_BOUNDS)
+@example(texts=["GR16 " + " ".join("0123456789" * 3), "DE89 3704 0044 0532 0130 00 and 12 345 678"])
+@given(
+    texts=st.lists(
+        st.lists(st.sampled_from(SCAN_ALPHABET), max_size=60).map("".join) | st.text(max_size=40) | st.none(),
+        max_size=6,
+    )
+)
+def test_compiled_prescan_finds_what_the_regexes_find(texts: list[str | None]) -> None:
+    """The batch scan gives the numeric-cluster matches `finditer` gives and every IBAN match start, in code
+    points, and detections with it equal detections without it."""
+    from llm_assets.curation.pii.detectors import prescan
+
+    scanned = prescan(texts)
+    for text, found in zip(texts, scanned, strict=True):
+        assert found == _regex_scan(text or "")
+        if text:
+            assert sorted(detect_structured(text, prescanned=found)) == sorted(detect_structured(text))

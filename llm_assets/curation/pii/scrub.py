@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from llm_assets.curation.pii.detectors import STRUCTURED_KINDS, Detection, detect_structured
+from llm_assets.curation.pii.detectors import STRUCTURED_KINDS, Detection, Prescanned, detect_structured, prescan
 from llm_assets.curation.pii.names import NerBackend, detect_names
 from llm_assets.curation.pii.policy import PII_KINDS, PLACEHOLDERS, PiiPolicy
 from llm_assets.curation.stage import StageOutput, empty_rejects, reject_rows
@@ -70,10 +70,26 @@ def scan_text(
     return _resolve(_detect(text, kinds, ner))
 
 
-def _detect(text: str, kinds: frozenset[str], ner: NerBackend | None) -> list[Detection]:
+def scan_texts(
+    texts: Sequence[str | None], policy_or_kinds: PiiPolicy | Collection[str], *, ner: NerBackend | None = None
+) -> list[list[PiiHit]]:
+    """`scan_text` of each text, with the batch's numeric and IBAN candidates found in one compiled pass."""
+    kinds = policy_or_kinds.kinds_to_scan() if isinstance(policy_or_kinds, PiiPolicy) else frozenset(policy_or_kinds)
+    unknown = kinds - set(PII_KINDS)
+    if unknown:
+        raise ValueError(f"unknown PII kind(s) {sorted(unknown)}: use {', '.join(PII_KINDS)}")
+    scanned = prescan(texts)
+    return [
+        _resolve(_detect(text, kinds, ner, found)) if text else [] for text, found in zip(texts, scanned, strict=True)
+    ]
+
+
+def _detect(
+    text: str, kinds: frozenset[str], ner: NerBackend | None, prescanned: Prescanned | None = None
+) -> list[Detection]:
     if not text or not kinds:
         return []
-    detections = detect_structured(text, kinds) if kinds.difference(_NAME_KINDS) else []
+    detections = detect_structured(text, kinds, prescanned=prescanned) if kinds.difference(_NAME_KINDS) else []
     if kinds & _NAME_KINDS:
         detections.extend(detect_names(text, kinds))
     if ner is not None:
@@ -150,12 +166,13 @@ def scrub_batch(table: pa.Table, policy: PiiPolicy, *, salt: str, ner: NerBacken
     hits_by_kind: Counter[str] = Counter()
     docs_with_pii = redacted_docs = chars_redacted = 0
 
+    scanned = prescan(table.column("text"))
     for row, (record_id, text, jurisdiction) in enumerate(zip(ids, texts, jurisdictions, strict=True)):
         code = jurisdiction.strip().upper() if jurisdiction else None
         kinds = kinds_by_jurisdiction.get(code)
         if kinds is None:
             kinds = kinds_by_jurisdiction[code] = policy.kinds_to_scan(code)
-        hits = _resolve(_detect(text, kinds, ner)) if text else []
+        hits = _resolve(_detect(text, kinds, ner, scanned[row])) if text else []
         if not text or not hits:
             new_texts.append(text)
             keep_mask.append(True)
@@ -185,7 +202,8 @@ def scrub_batch(table: pa.Table, policy: PiiPolicy, *, salt: str, ner: NerBacken
             if drops or redacted == current:
                 break
             current = redacted
-            hits = [h for h in _resolve(_detect(current, kinds, ner)) if policy.action_for(h.kind, code) != "keep"]
+            rescanned = _resolve(_detect(current, kinds, ner, prescan([current])[0]))
+            hits = [h for h in rescanned if policy.action_for(h.kind, code) != "keep"]
             if not hits:
                 break
         if drops:
@@ -259,7 +277,7 @@ def rescan_clean(texts: Sequence[str | None], kinds: Collection[str] = STRUCTURE
     if unknown:
         raise ValueError(f"rescan_clean checks structured kinds only; not {sorted(unknown)}")
     counts: Counter[str] = Counter()
-    for text in texts:
+    for text, scanned in zip(texts, prescan(texts), strict=True):
         if text:
-            counts.update(hit.kind for hit in _resolve(detect_structured(text, wanted)))
+            counts.update(hit.kind for hit in _resolve(detect_structured(text, wanted, prescanned=scanned)))
     return {kind: counts.get(kind, 0) for kind in STRUCTURED_KINDS if kind in wanted}

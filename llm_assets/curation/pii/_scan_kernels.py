@@ -1,0 +1,127 @@
+"""Compiled (numba) scan for the two regexes of the structured PII pass that cost the most on number-heavy text:
+`detectors._CLUSTER` (digits joined by single separators, at least 7 characters) and `detectors._IBAN` (two
+letters, two digits, then 11-30 letters or digits, single spaces allowed). Python's regex engine tries both at
+every digit; this walks each document's UTF-8 once for a whole batch and reports what the regexes would match,
+in code-point offsets, so only the candidates reach Python.
+
+Exactly the regexes' matches (tests compare both on generated text): for `_CLUSTER`, the non-overlapping
+matches `finditer` gives; for `_IBAN`, every start where it matches (with its end), since `_find_ibans`
+resumes its search at a match's start + 1 or past a token. Every character the patterns name is ASCII except
+U+00A0, the only multi-byte character told apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_NBSP = 0xA0
+# Character classes: only these matter to the two patterns, one byte each, so the scan reads a byte per character.
+OTHER, DIGIT, LETTER, PLUS, OPEN, CLOSE, DOT, DASH, SPACE, TAB, NBSP = range(11)
+
+
+def _members(*classes: int) -> np.ndarray:
+    table = np.zeros(11, dtype=np.bool_)
+    table[list(classes)] = True
+    return table
+
+
+_STARTS = _members(DIGIT, PLUS, OPEN)  # [+(0-9]
+_JOINS = _members(DIGIT, DOT, OPEN, CLOSE, DASH)  # [0-9.()-]
+_SPACES = _members(SPACE, TAB, NBSP)  # [ \t\u00a0]
+_ALNUM = _members(DIGIT, LETTER)  # [A-Za-z0-9]
+
+
+def ascii_classes() -> np.ndarray:
+    """The class of each byte value below 0x80 (`scan`'s `classes` argument)."""
+    table = np.full(128, OTHER, dtype=np.uint8)
+    table[ord("0") : ord("9") + 1] = DIGIT
+    table[ord("A") : ord("Z") + 1] = LETTER
+    table[ord("a") : ord("z") + 1] = LETTER
+    for char, value in (("+", PLUS), ("(", OPEN), (")", CLOSE), (".", DOT), ("-", DASH), (" ", SPACE), ("\t", TAB)):
+        table[ord(char)] = value
+    return table
+
+
+@njit(cache=True, nogil=True)
+def _classify(data: np.ndarray, begin: int, end: int, classes: np.ndarray, out: np.ndarray) -> int:
+    """The class of each code point of data[begin:end] (valid UTF-8) into `out`: ASCII by `classes`, U+00A0
+    NBSP, every other character OTHER. Returns how many code points."""
+    n = 0
+    i = begin
+    while i < end:
+        byte = data[i]
+        if byte < 0x80:
+            out[n] = classes[byte]
+            i += 1
+        else:
+            out[n] = NBSP if byte == 0xC2 and i + 1 < end and data[i + 1] == _NBSP else OTHER
+            i += 1
+            while i < end and (data[i] & 0xC0) == 0x80:
+                i += 1
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Over the docs data[offsets[d]:offsets[d + 1]]: the `_CLUSTER` matches and the `_IBAN` matches as rows
+    (doc, start, end), sorted by doc then start."""
+    n_docs = offsets.size - 1
+    longest = 0
+    for d in range(n_docs):
+        longest = max(longest, offsets[d + 1] - offsets[d])
+    kind = np.empty(longest + 1, dtype=np.uint8)
+    total = offsets[n_docs] - offsets[0]
+    # Clusters do not overlap and take >= 7 characters; two IBAN starts are >= 4 apart (letters, letters,
+    # digit, digit each): so these bounds hold, and nothing grows inside the loop.
+    clusters = np.empty((total // 7 + 1, 3), dtype=np.int64)
+    ibans = np.empty((total // 4 + 1, 3), dtype=np.int64)
+    n_clusters = n_ibans = 0
+    for d in range(n_docs):
+        n = _classify(data, offsets[d], offsets[d + 1], classes, kind)
+        # _CLUSTER: [+(0-9] (?: [0-9.()-] | [ \t\u00a0](?![ \t\u00a0]) ){5,} [0-9], leftmost, greedy
+        i = 0
+        while i < n:
+            if not _STARTS[kind[i]]:
+                i += 1
+                continue
+            j = i + 1
+            last_digit = -1
+            while j < n:
+                c = kind[j]
+                if not (_JOINS[c] or (_SPACES[c] and not (j + 1 < n and _SPACES[kind[j + 1]]))):
+                    break
+                if c == DIGIT:
+                    last_digit = j
+                j += 1
+            if last_digit >= i + 6:
+                clusters[n_clusters, 0] = d
+                clusters[n_clusters, 1] = i
+                clusters[n_clusters, 2] = last_digit + 1
+                n_clusters += 1
+                i = last_digit + 1
+            else:
+                # Every start inside the run ends at the same last digit, even less far from it: all fail too.
+                i = j
+        # _IBAN: [0-9](?<=[A-Za-z]{2}[0-9])[0-9](?: ?[A-Za-z0-9]){11,30}, at every start
+        for i in range(2, n - 1):
+            if kind[i] != DIGIT or kind[i + 1] != DIGIT or kind[i - 1] != LETTER or kind[i - 2] != LETTER:
+                continue
+            j = i + 2
+            reps = 0
+            while reps < 30 and j < n:
+                c = kind[j]
+                if c == SPACE and j + 1 < n and _ALNUM[kind[j + 1]]:
+                    j += 2
+                elif _ALNUM[c]:
+                    j += 1
+                else:
+                    break
+                reps += 1
+            if reps >= 11:
+                ibans[n_ibans, 0] = d
+                ibans[n_ibans, 1] = i
+                ibans[n_ibans, 2] = j
+                n_ibans += 1
+    return clusters[:n_clusters].copy(), ibans[:n_ibans].copy()
