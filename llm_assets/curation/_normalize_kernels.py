@@ -77,6 +77,25 @@ def standardise_bytes(
         i = begin
         while i < end:
             byte = data[i]
+            if 0x21 <= byte <= 0x7E:  # printable ASCII: no step changes it (PUNCTUATION has no ASCII key)
+                i += 1
+                if whitespace:
+                    if started:
+                        if pending_breaks:
+                            if pending_breaks > 2:
+                                changed = True
+                            for _ in range(min(pending_breaks, 2)):
+                                out[w] = 0x0A
+                                w += 1
+                        elif pending_space:
+                            out[w] = 0x20
+                            w += 1
+                    started = True
+                    pending_space = False
+                    pending_breaks = 0
+                out[w] = byte
+                w += 1
+                continue
             if byte < 0x80:
                 cp, width = np.int64(byte), 1
             else:

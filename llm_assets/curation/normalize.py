@@ -443,10 +443,12 @@ class LineCounts:
     __hash__ = None  # type: ignore[assignment]
 
 
-def count_prepared_lines(prepared: Sequence[str], config: NormalizeConfig, counts: LineCounts) -> None:
-    """Adds the candidate lines of already prepared texts (see `prepare_texts`) to `counts`."""
-    keys = _candidate_lines(prepared, config).unique(["doc", "key"]).get_column("key")
-    counts.add(keys.to_numpy())
+def count_prepared_lines(prepared: Sequence[str], config: NormalizeConfig, counts: LineCounts) -> pl.DataFrame:
+    """Adds the candidate lines of already prepared texts (see `prepare_texts`) to `counts`; returns them
+    (doc, position, key), which pass 2 can take as `normalize_batch(lines=...)` instead of finding them again."""
+    lines = _candidate_lines(prepared, config)
+    counts.add(lines.unique(["doc", "key"]).get_column("key").to_numpy())
+    return lines
 
 
 def count_lines(texts: Iterable[str], config: NormalizeConfig, counts: LineCounts | None = None) -> LineCounts:
@@ -467,11 +469,15 @@ def boilerplate_lines(counts: LineCounts, total_docs: int, config: NormalizeConf
 
 
 def _drop_boilerplate(
-    texts: list[str], config: NormalizeConfig, boilerplate: frozenset[int], changes: dict[str, int]
+    texts: list[str],
+    config: NormalizeConfig,
+    boilerplate: frozenset[int],
+    changes: dict[str, int],
+    lines: pl.DataFrame | None = None,
 ) -> list[str]:
     if not boilerplate or not texts:
         return texts
-    lines = _candidate_lines(texts, config)
+    lines = _candidate_lines(texts, config) if lines is None else lines
     drops = lines.filter(pl.col("key").is_in(pl.Series(list(boilerplate), dtype=pl.UInt64).implode()))
     if not drops.height:
         return texts
@@ -514,10 +520,12 @@ def normalize_batch(
     config: NormalizeConfig,
     boilerplate: frozenset[int],
     prepared: tuple[Sequence[str], dict[str, int]] | None = None,
+    lines: pl.DataFrame | None = None,
 ) -> StageOutput:
     """Pass 2: replace `text` by its normalised form; reject documents left shorter than `min_chars_after`.
 
     `prepared` is `prepare_texts` of this table's texts when pass 1 kept it; otherwise it is computed here.
+    `lines` is what `count_prepared_lines` returned for those prepared texts, if pass 1 kept that too.
     """
     texts = [text or "" for text in table.column("text").to_pylist()]
     if prepared is None:
@@ -525,7 +533,7 @@ def normalize_batch(
     if len(prepared[0]) != len(texts):
         raise ValueError(f"normalize_batch: {len(prepared[0])} prepared texts for a table of {len(texts)} rows")
     changes = dict(prepared[1])
-    normalized = _drop_boilerplate(list(prepared[0]), config, boilerplate, changes)
+    normalized = _drop_boilerplate(list(prepared[0]), config, boilerplate, changes, lines)
     kept_idx: list[int] = []
     kept_texts: list[str] = []
     rejected_idx: list[int] = []

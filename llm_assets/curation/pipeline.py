@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from llm_assets.curation.dedup import PARAGRAPH_EVENT_SCHEMA, DedupConfig, DedupIndex, apply_plan
@@ -254,28 +255,39 @@ def normalize_source(
     counts = LineCounts()
     changes: list[dict[str, int]] = []
     spill_schema = pa.schema([pa.field("text", pa.large_string())])
+    lines_schema = pa.schema([("doc", pa.int64()), ("position", pa.int64()), ("key", pa.uint64())])
     with tempfile.TemporaryDirectory(prefix="normalize-") as scratch:
         spill = str(Path(scratch) / "prepared.arrows")
+        lines_spill = str(Path(scratch) / "lines.arrows")  # pass 2 removes lines by these, not found again
         options = pa.ipc.IpcWriteOptions(compression="lz4", use_threads=False)
-        with pa.OSFile(spill, "wb") as sink, pa.ipc.new_stream(sink, spill_schema, options=options) as writer:
+        with (
+            pa.OSFile(spill, "wb") as sink,
+            pa.ipc.new_stream(sink, spill_schema, options=options) as writer,
+            pa.OSFile(lines_spill, "wb") as lines_sink,
+            pa.ipc.new_stream(lines_sink, lines_schema, options=options) as lines_writer,
+        ):
             for shard in iter_shards(storage, manifest):
                 texts, shard_changes = prepare_texts(shard.column("text").to_pylist(), config)
-                count_prepared_lines(texts, config, counts)
+                lines = count_prepared_lines(texts, config, counts)
                 writer.write_batch(pa.record_batch([pa.array(texts, pa.large_string())], schema=spill_schema))
+                columns = [pa.array(lines.get_column(name).to_numpy()) for name in lines_schema.names]
+                lines_writer.write_batch(pa.record_batch(columns, schema=lines_schema))  # one batch per shard
                 changes.append(shard_changes)
         boilerplate = boilerplate_lines(counts, manifest.rows, config)
-        with pa.OSFile(spill, "rb") as spilled:
+        with pa.OSFile(spill, "rb") as spilled, pa.OSFile(lines_spill, "rb") as spilled_lines:
             reader = pa.ipc.open_stream(spilled, options=pa.ipc.IpcReadOptions(use_threads=False))
-            prepared = zip(reader, changes, strict=True)
+            lines_reader = pa.ipc.open_stream(spilled_lines, options=pa.ipc.IpcReadOptions(use_threads=False))
+            prepared = zip(reader, lines_reader, changes, strict=True)
 
             def normalize(table: pa.Table, _source: str) -> StageOutput:
-                batch, shard_changes = next(prepared)
+                batch, lines, shard_changes = next(prepared)
                 if batch.num_rows != table.num_rows:  # the spill is read in the order pass 1 wrote it
                     raise RuntimeError(
                         f"normalize {source}: prepared shard has {batch.num_rows} rows, input shard {table.num_rows}"
                     )
                 texts = batch.column(0).to_pylist()
-                return normalize_batch(table, config, boilerplate, prepared=(texts, shard_changes))
+                frame = pl.DataFrame(pa.Table.from_batches([lines]))
+                return normalize_batch(table, config, boilerplate, prepared=(texts, shard_changes), lines=frame)
 
             run = run_batch_stage(
                 storage,
