@@ -347,3 +347,34 @@ def paragraph_starts(raw: np.ndarray, doc_starts: np.ndarray, size: int) -> tupl
             i = matched
         counts[d] = count
     return out[:m], counts
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+@njit(cache=True, nogil=True)
+def segment_fnv(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """64-bit FNV-1a of each byte segment buf[starts[i]:starts[i] + lengths[i]], mixed by splitmix64's
+    finaliser (`dedup.paragraph_hash` is the reference)."""
+    out = np.empty(starts.size, dtype=np.uint64)
+    for k in range(starts.size):
+        h = _FNV_OFFSET
+        for i in range(starts[k], starts[k] + lengths[k]):
+            h = (h ^ np.uint64(buf[i])) * _FNV_PRIME
+        out[k] = _mix(h)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def word_counts(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Words in each normalised segment buf[starts[i]:starts[i] + lengths[i]]: its spaces plus one, 0 when
+    empty (a normalised text neither starts nor ends with a space)."""
+    out = np.zeros(starts.size, dtype=np.int64)
+    for k in range(starts.size):
+        if lengths[k]:
+            spaces = 0
+            for i in range(starts[k], starts[k] + lengths[k]):
+                spaces += buf[i] == 0x20
+            out[k] = spaces + 1
+    return out

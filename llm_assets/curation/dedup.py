@@ -58,6 +58,7 @@ from llm_assets.curation.stage import StageOutput, empty_rejects, reject_rows
 STAGE = "dedup"
 FORMAT_VERSION = 1
 NORMALISATION_VERSION = 2
+PARAGRAPH_HASH = "fnv1a64-splitmix"  # indexes frozen before (blake2b, 8 bytes) are refused, not silently mixed
 
 KeepRule = Literal["longest", "oldest", "highest_quality", "first_id"]
 
@@ -128,6 +129,7 @@ class DedupConfig(BaseModel):
             **{k: getattr(self, k) for k in keys},
             "unicode": unicodedata.unidata_version,
             "normalisation": NORMALISATION_VERSION,
+            "paragraph_hash": PARAGRAPH_HASH,
         }
 
 
@@ -533,6 +535,9 @@ def normalize(texts: Sequence[str]) -> list[str]:
 
 
 def _word_counts(norm: _Normalised) -> np.ndarray:
+    kernels = _compiled_kernels()
+    if kernels is not None:
+        return kernels.word_counts(norm.buf, norm.starts, norm.lengths)
     spaces = _count_true(norm.buf == 0x20, norm.starts, norm.starts + norm.lengths)
     return np.where(norm.lengths > 0, spaces + 1, 0)
 
@@ -673,7 +678,7 @@ class _Analysis:
     shingles: np.ndarray  # [n] int64, 0 = no near-dedup possible
     para_offsets: np.ndarray  # [n + 1] int64 into the two arrays below
     para_index: np.ndarray  # uint32: position of the paragraph in PARAGRAPH_SEPARATOR.split(text)
-    para_hash: np.ndarray  # uint64: first 8 bytes of blake2b of the normalised paragraph
+    para_hash: np.ndarray  # uint64: paragraph_hash of the normalised paragraph
     words: np.ndarray  # [n] int64 normalised word count
 
 
@@ -718,16 +723,33 @@ def _paragraphs(texts: _Texts, min_words: int) -> tuple[_Normalised, np.ndarray,
     docs = _Normalised(norm.buf, doc_starts[:-1], np.maximum(np.diff(doc_starts) - 1, 0))
     # One-paragraph docs are left to document-level dedup.
     keep = np.flatnonzero((_word_counts(norm) >= min_words) & (counts[owner] >= 2))
-    view, blake2b = norm.buf.data, hashlib.blake2b
-    digests = b"".join(
-        [
-            blake2b(view[s : s + n], digest_size=8).digest()
-            for s, n in zip(norm.starts[keep].tolist(), norm.lengths[keep].tolist(), strict=True)
-        ]
-    )
-    hashes = np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+    if kernels is not None:
+        hashes = kernels.segment_fnv(norm.buf, norm.starts[keep], norm.lengths[keep])
+    else:
+        view = norm.buf.data
+        hashes = np.fromiter(
+            (
+                paragraph_hash(bytes(view[s : s + n]))
+                for s, n in zip(norm.starts[keep].tolist(), norm.lengths[keep].tolist(), strict=True)
+            ),
+            dtype=np.uint64,
+            count=keep.size,
+        )
     offsets = np.searchsorted(owner[keep], np.arange(len(pieces) + 1), side="left").astype(np.int64)
     return docs, offsets, position[keep].astype(np.uint32), hashes
+
+
+_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
+
+
+def paragraph_hash(normalised: bytes) -> int:
+    """What a paragraph is known by: 64-bit FNV-1a of its normalised UTF-8, mixed by splitmix64's finaliser.
+    (Not a cryptographic hash, like the 8 bytes of blake2b it replaced: at 64 bits, two different paragraphs
+    collide with probability ~2^-64 a pair either way; nothing here defends against crafted collisions.)"""
+    h = _FNV_OFFSET
+    for byte in normalised:
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return int(_mix64(np.array([h], dtype=np.uint64))[0])
 
 
 _PARAGRAPH_SEPARATOR_BYTES = re.compile(PARAGRAPH_SEPARATOR.pattern.encode("ascii"))

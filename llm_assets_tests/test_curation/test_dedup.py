@@ -27,6 +27,7 @@ from llm_assets.curation.dedup import (
     exact_keys,
     normalize,
     optimal_bands,
+    paragraph_hash,
 )
 from llm_assets.curation.stage import StageOutput
 from llm_assets.schemas import RECORD_SCHEMA, REJECT_SCHEMA
@@ -636,7 +637,7 @@ def reference_paragraphs(
     texts: Sequence[str | None], min_words: int
 ) -> tuple[list[str], list[int], list[int], list[int]]:
     """Paragraph analysis by its definition: split each text with PARAGRAPH_SEPARATOR, normalise each piece,
-    hash the pieces of at least `min_words` words in docs of two or more pieces (blake2b, 8 bytes, little-endian)."""
+    hash the pieces of at least `min_words` words in docs of two or more pieces (`paragraph_hash`)."""
     from llm_assets.curation.dedup import PARAGRAPH_SEPARATOR
 
     docs: list[str] = []
@@ -648,8 +649,7 @@ def reference_paragraphs(
         for position, piece in enumerate(normalised):
             if len(pieces) >= 2 and (len(piece.split(" ")) if piece else 0) >= min_words:
                 positions.append(position)
-                digest = hashlib.blake2b(piece.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-                hashes.append(int.from_bytes(digest, "little"))
+                hashes.append(paragraph_hash(piece.encode("utf-8", "surrogatepass")))
         offsets.append(len(positions))
     return docs, offsets, positions, hashes
 
@@ -685,3 +685,23 @@ def test_paragraph_analysis_matches_its_definition(texts: list[str | None], min_
     compiled = kernels.paragraph_starts(raw, starts, size)
     python = dedup._paragraph_starts_python(raw, starts, size)
     assert compiled[0].tolist() == python[0].tolist() and compiled[1].tolist() == python[1].tolist()
+
+
+def test_paragraph_hash_is_fnv1a_mixed_and_a_frozen_blake2b_index_is_refused(corpus: list[tuple[str, str]]) -> None:
+    """The paragraph hash is FNV-1a 64 (0xaf63dc4c8601ec8c for b"a", its published test vector) mixed by
+    splitmix64; an index frozen when paragraphs were hashed with blake2b is refused, not compared."""
+    from llm_assets.curation.dedup import _mix64
+
+    assert paragraph_hash(b"a") == int(_mix64(np.array([0xAF63DC4C8601EC8C], dtype=np.uint64))[0])
+    config = DedupConfig()
+    index = DedupIndex(config)
+    index.add_batch(records(corpus[:5]), partition="p")
+    table = pa.ipc.open_stream(io.BytesIO(index.freeze())).read_all()
+    meta = json.loads(table.schema.metadata[b"llm_assets.dedup"])
+    del meta["signature_params"]["paragraph_hash"]  # as written while paragraphs were hashed with blake2b
+    old = table.replace_schema_metadata({"llm_assets.dedup": json.dumps(meta)})
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, old.schema) as writer:
+        writer.write_table(old)
+    with pytest.raises(ValueError, match="hashed with"):
+        DedupIndex.from_frozen(sink.getvalue(), config)

@@ -270,7 +270,8 @@ def pii_scrubbed_shards(
 @dg.asset(
     deps=[pii_scrubbed_shards],
     group_name=GROUP,
-    code_version="deduplicated_shards-v2",
+    # v3: paragraphs hashed with FNV-1a 64 (mixed) instead of blake2b; an index frozen by v2 is refused
+    code_version="deduplicated_shards-v3",
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"parquet"},
     check_specs=check_specs("deduplicated_shards"),
