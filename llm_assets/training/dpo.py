@@ -239,6 +239,15 @@ def preference_accuracy(
     return wins / len(pairs), margin
 
 
+def preference_improved(result: dict[str, Any], min_gain: float) -> bool:
+    """The DPO gate: more pairs won (by more than `min_gain`); or all won; or at least `min_gain` more won with a
+    wider mean margin. Pairs the starting adapter already wins, or a few it cannot flip, leave accuracy flat on
+    small sets while DPO still moved the policy the way it should."""
+    gain = result["preference_accuracy_after"] - result["preference_accuracy_before"]
+    widened = result["logprob_margin_after"] > result["logprob_margin_before"]
+    return bool(gain > min_gain or result["preference_accuracy_after"] == 1.0 or (gain >= min_gain and widened))
+
+
 def run_dpo(
     model_dir: Path,
     pairs: Sequence[PreferencePair],

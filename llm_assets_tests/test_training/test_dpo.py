@@ -18,6 +18,7 @@ from llm_assets.training.dpo import (
     PreferencePair,
     intent_preference_pairs,
     preference_accuracy,
+    preference_improved,
     read_preference_pairs,
     resolve_precision,
     run_dpo,
@@ -211,3 +212,29 @@ def test_dpo_continues_an_sft_adapter_against_a_frozen_copy_of_it(
 def test_no_pairs_is_an_error(tiny_model: tuple[Path, list[PreferencePair]], tmp_path: Path) -> None:
     with pytest.raises(PreferenceError, match="no preference pairs"):
         run_dpo(tiny_model[0], [], tmp_path / "x", FAST)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "margin_before", "margin_after", "min_gain", "passed"),
+    [
+        (0.50, 0.75, 1.0, 0.5, 0.0, True),  # more pairs won
+        (0.96, 0.96, 2.6, 29.0, 0.0, True),  # as many won, a wider margin
+        (1.00, 1.00, 2.6, 29.0, 0.0, True),  # all won already
+        (0.90, 1.00, 2.6, 1.0, 0.5, True),  # all won now
+        (0.96, 0.96, 2.6, 2.6, 0.0, False),  # nothing moved
+        (0.96, 0.90, 2.6, 29.0, 0.0, False),  # fewer won, whatever the margin
+        (0.50, 0.60, 1.0, 3.0, 0.2, False),  # short of the required gain
+        (0.50, 0.75, 1.0, 3.0, 0.25, True),  # the required gain, with a wider margin
+        (0.50, 0.75, 3.0, 1.0, 0.25, False),  # the required gain, but not more of it, and a narrower margin
+    ],
+)
+def test_preference_gate(
+    before: float, after: float, margin_before: float, margin_after: float, min_gain: float, passed: bool
+) -> None:
+    result = {
+        "preference_accuracy_before": before,
+        "preference_accuracy_after": after,
+        "logprob_margin_before": margin_before,
+        "logprob_margin_after": margin_after,
+    }
+    assert preference_improved(result, min_gain) is passed

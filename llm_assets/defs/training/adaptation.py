@@ -771,7 +771,7 @@ class DpoAdapterConfig(dg.Config):
     deps=[lora_adapter],
     pool=GPU_POOL,
     group_name="training",
-    code_version="dpo_adapter-v1",
+    code_version="dpo_adapter-v2",
     kinds={"pytorch"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -790,6 +790,7 @@ def dpo_adapter(
         DpoConfig,
         PreferenceError,
         intent_preference_pairs,
+        preference_improved,
         read_preference_pairs,
         run_dpo,
     )
@@ -844,10 +845,9 @@ def dpo_adapter(
         "sources": sources,
     }
     storage.write_bytes(f"{prefix}/lineage.json", json.dumps(lineage, indent=2).encode())
-    gain = result["preference_accuracy_after"] - result["preference_accuracy_before"]
     check = dg.AssetCheckResult(
         check_name="preference_accuracy_improved",
-        passed=gain > config.min_accuracy_gain or result["preference_accuracy_after"] == 1.0,
+        passed=preference_improved(result, config.min_accuracy_gain),
         metadata={
             "before": result["preference_accuracy_before"],
             "after": result["preference_accuracy_after"],
