@@ -120,9 +120,13 @@ def run_ours(data: Path, work: Path, mode: str, workers: int, exact_pass: bool =
 
     def write(table: pa.Table, path: Path) -> None:
         started = time.perf_counter()
-        # as the lake writes shards (lake.shards.PLAIN_ENCODED_COLUMNS): no dictionary for the long, distinct
-        # `text` strings (the lake module needs boto3, which .venv-bench lacks; these tables are flat)
-        pq.write_table(table, path, use_dictionary=[name for name in table.column_names if name != "text"])
+        # as the lake writes shards (lake.shards._parquet_bytes): zstd level 1, no dictionary and no statistics
+        # for the long, distinct `text` strings (the lake module needs boto3, which .venv-bench lacks; these
+        # tables are flat)
+        others = [name for name in table.column_names if name != "text"]
+        pq.write_table(
+            table, path, compression="zstd", compression_level=1, use_dictionary=others, write_statistics=others
+        )
         PHASES["parquet_io"] += time.perf_counter() - started
 
     with DedupIndex(config, workers=workers) as index:

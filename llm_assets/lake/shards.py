@@ -120,7 +120,7 @@ def manifest_key(dataset: str, partition: str | None) -> str:
 
 # Long, mostly distinct strings: Parquet's writer would build a dictionary for them, outgrow its 1 MB
 # dictionary page within a few hundred documents and fall back to plain pages, paying for both (~20 % of
-# writing and reading a shard, for no smaller file).
+# writing and reading a shard, for no smaller file). Nor do they get min/max statistics.
 PLAIN_ENCODED_COLUMNS = frozenset({"text"})
 
 
@@ -139,6 +139,11 @@ def dictionary_columns(schema: pa.Schema) -> tuple[str, ...]:
     )
 
 
+# zstd level 1, not 3: writing a shard ~2x faster (130 -> 250 MB/s of text on real shards) for files ~15 %
+# larger, still smaller than the snappy most curation tools write. Decompression speed does not depend on level.
+COMPRESSION_LEVEL = 1
+
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     """Serialize with fixed options and one contiguous chunk per column: page boundaries depend on how
     the input is chunked, so without `combine_chunks` equal tables could give different bytes."""
@@ -148,9 +153,10 @@ def _parquet_bytes(table: pa.Table) -> bytes:
         sink,
         row_group_size=max(table.num_rows, 1),
         compression="zstd",
-        compression_level=3,
+        compression_level=COMPRESSION_LEVEL,
         use_dictionary=list(dictionary_columns(table.schema)),
-        write_statistics=True,
+        # min/max of each document's text prune nothing and cost ~10 % of writing a shard
+        write_statistics=list(dictionary_columns(table.schema)),
         version="2.6",
         data_page_version="1.0",
     )
