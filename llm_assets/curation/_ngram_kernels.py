@@ -2,7 +2,7 @@
 numpy hash-table passes per order. `perplexity.CharNgramLM._log_probs_numpy` stays as the reference (tests
 compare both) and as the fallback where numba cannot load.
 
-Tables are `perplexity._HashIndex`es of every order laid end to end (`_Tables`): for order k (1-based, index
+Tables are `_hash_index.HashIndex`es of every order laid end to end (`_Tables`): for order k (1-based, index
 k - 1) its slots are slots[slot_at[k-1] : slot_at[k]] holding indices into keys[key_at[k-1] : key_at[k]].
 Each step adds in the same order as the numpy passes, so the log-probabilities are bit-identical.
 """

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from llm_assets.curation._ngram_kernels import _find
 from llm_assets.curation._utf8_kernels import _char_at, _char_before, _decode
 
 _OTHER, _CASED, _IGNORABLE = 0, 1, 2
@@ -35,6 +36,7 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 _PACK = 1 << 32  # a 2-gram's span (characters) is below this, as in quality._PACK
+_FREE, _ONE, _LOW = np.uint64(0), np.uint64(1 << 32), np.uint64((1 << 32) - 1)  # count table words (_counter)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -70,52 +72,37 @@ def _final_sigma(raw: np.ndarray, lead: int, begin: int, end: int, sigma: np.nda
 
 
 @njit(cache=True, nogil=True)
-def _counter(capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """An open-addressing count table: keys, counts (0 = free), a value per key, the slots in use."""
-    return (
-        np.zeros(capacity, dtype=np.uint64),
-        np.zeros(capacity, dtype=np.int32),
-        np.zeros(capacity, dtype=np.int32),
-        np.zeros(capacity, dtype=np.int32),
-    )
+def _counter(capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """An open-addressing count table of `capacity` slots, each a (key, count << 32 | value) pair of words
+    side by side (count 0 = free), so a probe reads one cache line; and the list of slots in use."""
+    return np.zeros(2 * capacity, dtype=np.uint64), np.zeros(capacity, dtype=np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _place(
-    keys: np.ndarray, counts: np.ndarray, values: np.ndarray, slots: np.ndarray, used: int, key: Any, value: int
-) -> int:
+def _place(table: np.ndarray, slots: np.ndarray, used: int, key: Any, value: int) -> int:
     """Add one to `key`'s count (well mixed: its low bits pick the slot), keeping the first `value` seen
-    with it; the table must have a free slot. Returns the slots in use."""
-    mask = keys.size - 1
+    with it (below 2^32); the table must have a free slot. Returns the slots in use."""
+    mask = (table.size >> 1) - 1
     j = np.int64(key & np.uint64(mask))
-    while counts[j] != 0 and keys[j] != key:
+    while True:
+        meta = table[2 * j + 1]
+        if meta == _FREE:
+            table[2 * j] = key
+            table[2 * j + 1] = _ONE | np.uint64(value)
+            slots[used] = j
+            return used + 1
+        if table[2 * j] == key:
+            table[2 * j + 1] = meta + _ONE
+            return used
         j = (j + 1) & mask
-    if counts[j] == 0:
-        keys[j] = key
-        values[j] = value
-        slots[used] = j
-        used += 1
-    counts[j] += 1
-    return used
-
-
-@njit(cache=True, nogil=True)
-def _clear(counts: np.ndarray, slots: np.ndarray, used: int) -> None:
-    for k in range(used):
-        counts[slots[k]] = 0
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _in_sorted(table: np.ndarray, lo: int, hi: int, key: Any) -> bool:
-    """Whether `key` is in the sorted table[lo:hi]."""
-    end = hi
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if table[mid] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo < end and table[lo] == key
+def _listed(
+    slots: np.ndarray, slot_at: np.ndarray, keys: np.ndarray, key_at: np.ndarray, shift: np.ndarray, at: int, word: Any
+) -> bool:
+    """Whether `word` is in word list `at` (see measure_bytes)."""
+    return _find(slots, slot_at[at], keys, key_at[at], shift[at], word) >= 0
 
 
 @njit(cache=True, nogil=True)
@@ -128,17 +115,22 @@ def measure_bytes(
     lower_extra: np.ndarray,
     sigma: np.ndarray,
     doc_lang: np.ndarray,
-    stop_table: np.ndarray,
-    stop_bounds: np.ndarray,
-    block_table: np.ndarray,
+    list_slots: np.ndarray,
+    list_slot_at: np.ndarray,
+    list_keys: np.ndarray,
+    list_key_at: np.ndarray,
+    list_shift: np.ndarray,
+    block: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Measure each "\\n"-terminated doc of raw[:size] (doc d starts at starts[d]); its count tables take
     40-80 bytes per byte of the longest doc, so callers send long docs elsewhere (`quality.KERNEL_DOC_BYTES`).
 
     A word is a run of characters whose lowercase is a word character; it counts as a stopword when the hash
-    of its lowercase is in stop_table[stop_bounds[l]:stop_bounds[l + 1]] (sorted) for the doc's language
-    l = doc_lang[d] (-1: no list), and as blocklisted when in `block_table` (sorted). Lines are the "\\n"
-    pieces that are not empty once stripped of whitespace.
+    of its lowercase is in word list l = doc_lang[d] (-1: no list), and as blocklisted when in word list
+    `block` (-1: none). Word list l is a `_hash_index.HashIndex` laid end to end with the others, as the
+    n-gram model's tables are: its slots are list_slots[list_slot_at[l]:list_slot_at[l + 1]], its keys
+    list_keys[list_key_at[l]:list_key_at[l + 1]], its shift list_shift[l]; one or two probes per word where a
+    binary search took ten. Lines are the "\\n" pieces that are not empty once stripped of whitespace.
 
     Returns per_doc [n, 9] in FEATURES order (top_ngram_chars: count times span of the doc's word 2-gram with
     the highest (count, span) among those occurring at least twice, else 0; duplicate_lines: lines minus
@@ -148,8 +140,8 @@ def measure_bytes(
     per_doc = np.zeros((n_docs, 9), dtype=np.int64)
     first_hash = np.zeros(n_docs, dtype=np.uint64)
     first_chars = np.zeros(n_docs, dtype=np.int64)
-    pair_keys, pair_counts, pair_spans, pair_slots = _counter(1024)
-    line_keys, line_counts, line_values, line_slots = _counter(256)
+    pair_table, pair_slots = _counter(1024)
+    line_table, line_slots = _counter(256)
     for d in range(n_docs):
         begin = starts[d]
         end = (starts[d + 1] if d + 1 < n_docs else size) - 1  # the doc's "\n" terminator is not its own
@@ -159,12 +151,11 @@ def measure_bytes(
         capacity = 1024
         while capacity < 2 * ((end - begin) // 2 + 2):
             capacity *= 2
-        if pair_keys.size < capacity or pair_keys.size > 8 * capacity:
-            pair_keys, pair_counts, pair_spans, pair_slots = _counter(capacity)
-            line_keys, line_counts, line_values, line_slots = _counter(capacity)
+        if pair_slots.size < capacity or pair_slots.size > 8 * capacity:
+            pair_table, pair_slots = _counter(capacity)
+            line_table, line_slots = _counter(capacity)
         lang = doc_lang[d]
-        lo = stop_bounds[lang] if lang >= 0 else 0
-        hi = stop_bounds[lang + 1] if lang >= 0 else 0
+        has_list = lang >= 0 and list_key_at[lang + 1] > list_key_at[lang]
         chars = spaces = symbols = words = stopwords = blocked = lines = 0
         n_pairs = n_lines = 0
         in_word = False
@@ -212,25 +203,19 @@ def measure_bytes(
                     first_hash[d] = word
                     first_chars[d] = length
                 words += 1
-                if hi > lo and _in_sorted(stop_table, lo, hi, word):
+                if has_list and _listed(list_slots, list_slot_at, list_keys, list_key_at, list_shift, lang, word):
                     stopwords += 1
-                if block_table.size and _in_sorted(block_table, 0, block_table.size, word):
+                if block >= 0 and _listed(list_slots, list_slot_at, list_keys, list_key_at, list_shift, block, word):
                     blocked += 1
                 if previous_length >= 0:
                     n_pairs = _place(
-                        pair_keys,
-                        pair_counts,
-                        pair_spans,
-                        pair_slots,
-                        n_pairs,
-                        _finish(previous * _PAIR ^ word),
-                        previous_length + length + 1,
+                        pair_table, pair_slots, n_pairs, _finish(previous * _PAIR ^ word), previous_length + length + 1
                     )
                 previous = word
                 previous_length = length
             if cp == 0x0A:
                 if line_started:
-                    n_lines = _place(line_keys, line_counts, line_values, line_slots, n_lines, _finish(line_kept), 0)
+                    n_lines = _place(line_table, line_slots, n_lines, _finish(line_kept), 0)
                     lines += 1
                 line_h = _FNV_OFFSET
                 line_kept = _FNV_OFFSET
@@ -244,12 +229,14 @@ def measure_bytes(
                 line_kept = line_h
             i += width
         best = 0
-        for k in range(n_pairs):
-            slot = pair_slots[k]
-            if pair_counts[slot] >= 2:
-                best = max(best, pair_counts[slot] * _PACK + pair_spans[slot])
-        _clear(pair_counts, pair_slots, n_pairs)
-        _clear(line_counts, line_slots, n_lines)
+        for k in range(n_pairs):  # read each pair's count and span, and free its slot for the next doc
+            meta = pair_table[2 * pair_slots[k] + 1]
+            pair_table[2 * pair_slots[k] + 1] = _FREE
+            count = np.int64(meta >> np.uint64(32))
+            if count >= 2:
+                best = max(best, count * _PACK + np.int64(meta & _LOW))
+        for k in range(n_lines):
+            line_table[2 * line_slots[k] + 1] = _FREE
         per_doc[d, 0] = chars
         per_doc[d, 1] = spaces
         per_doc[d, 2] = symbols

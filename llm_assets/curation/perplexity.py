@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llm_assets.curation._hash_index import HashIndex
 from llm_assets.curation.stage import StageOutput, reject_rows
 
 STAGE = "perplexity"
@@ -34,7 +35,6 @@ _WINDOW_CHARS = 1000
 _CHARS_PER_PASS = 1 << 20
 _DIGITS = re.compile(r"\d")
 _ASCII_DIGITS = str.maketrans("123456789", "000000000")
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 PREPROCESSING = "lowercase; every Unicode digit -> '0'; whitespace runs -> one space; NUL removed"
 
 
@@ -47,49 +47,6 @@ def _prepare(text: str) -> str:
     if not words:
         return " " if text else ""
     return (" " if text[0].isspace() else "") + " ".join(words) + (" " if text[-1].isspace() else "")
-
-
-class _HashIndex:
-    """Vectorised open-addressing lookup of uint64 keys: ~2 probes per query instead of a binary search's ~20
-    dependent memory reads, which is what makes scoring fast."""
-
-    def __init__(self, keys: np.ndarray) -> None:
-        self.keys = keys
-        bits = max(4, int(2 * len(keys)).bit_length())
-        self.shift = np.uint64(64 - bits)
-        # Linear probing without wrap-around, built in one pass: in order of home slot, each key takes the first
-        # free slot at or after its home, i.e. max(home, previous key's slot + 1). The table runs len(keys) + 1
-        # slots past the last home, so every probe sequence ends at an empty slot.
-        home = self._home(keys).astype(np.int64)
-        by_home = np.argsort(home, kind="stable")
-        rank = np.arange(len(keys), dtype=np.int64)
-        position = rank + np.maximum.accumulate(home[by_home] - rank) if len(keys) else rank
-        # int32 indices (a model has far fewer than 2^31 n-grams per order): half the memory of int64 slots
-        self.slots = np.full((1 << bits) + len(keys) + 1, -1, dtype=np.int32)
-        self.slots[position] = by_home
-
-    def _home(self, keys: np.ndarray) -> np.ndarray:
-        return (keys * _GOLDEN) >> self.shift
-
-    def find(self, queries: np.ndarray) -> np.ndarray:
-        """Index of each query in `keys`, or -1."""
-        if not len(self.keys):
-            return np.full(len(queries), -1, dtype=np.int64)
-        # The first probe settles almost every query; only the rest go round again.
-        slot = self._home(queries).astype(np.int64)
-        result = self.slots[slot]
-        occupied = result >= 0
-        wrong = occupied & (self.keys[np.where(occupied, result, 0)] != queries)
-        result[wrong] = -1
-        pending = np.flatnonzero(wrong)
-        while pending.size:
-            slot[pending] += 1
-            candidate = self.slots[slot[pending]]
-            empty = candidate < 0
-            hit = ~empty & (self.keys[np.where(empty, 0, candidate)] == queries[pending])
-            result[pending[hit]] = candidate[hit]
-            pending = pending[~(hit | empty)]
-        return result
 
 
 def _top_keys(ids: np.ndarray, order: int, bits: int) -> np.ndarray:
@@ -169,9 +126,9 @@ class CharNgramLM:
         (h, c) gets gamma(h) P_{k-1}(c|h') with gamma(h) = N1+(h.) / (C(h) + N1+(h.)); order 0 is uniform."""
         bits = np.uint64(self.bits)
         self._log_uniform = -math.log(len(self.vocabulary) + 1)  # characters + OOV can be predicted
-        self._ngram_index: list[_HashIndex] = []
+        self._ngram_index: list[HashIndex] = []
         self._ngram_logp: list[np.ndarray] = []
-        self._context_index: list[_HashIndex] = []
+        self._context_index: list[HashIndex] = []
         self._context_log_gamma: list[np.ndarray] = []
         lower_prob = np.empty(0)
         for k, (keys, counts) in enumerate(zip(self.ngram_keys, self.ngram_counts, strict=True), start=1):
@@ -190,9 +147,9 @@ class CharNgramLM:
                 lower = lower_prob[self._ngram_index[-1].find(suffix)]
             prob = (counts + types[group] * lower) / (totals[group] + types[group])
             lower_prob = prob
-            self._ngram_index.append(_HashIndex(keys))
+            self._ngram_index.append(HashIndex(keys))
             self._ngram_logp.append(np.log(prob))
-            self._context_index.append(_HashIndex(context_keys))
+            self._context_index.append(HashIndex(context_keys))
             self._context_log_gamma.append(np.log(types / (totals + types)))
         self._flat_tables: tuple[np.ndarray, ...] = (
             *self._lay_end_to_end(self._ngram_index, self._ngram_logp),
@@ -202,7 +159,7 @@ class CharNgramLM:
         self.ngram_keys = [index.keys for index in self._ngram_index]
 
     @staticmethod
-    def _lay_end_to_end(indexes: list[_HashIndex], values: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    def _lay_end_to_end(indexes: list[HashIndex], values: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         """Every order's table in one array each, with offsets, for the compiled loop; the per-order arrays
         become views into them (the numpy passes keep working), so the model is held once, not twice."""
 

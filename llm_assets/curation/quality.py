@@ -20,6 +20,7 @@ import pyarrow as pa
 import stopwordsiso
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
+from llm_assets.curation._hash_index import HashIndex
 from llm_assets.curation.langid import (
     LANGID_MODEL,
     LANGUAGE_SAMPLE_CHARS,
@@ -317,20 +318,35 @@ def _word_hashes(words: Iterable[str]) -> np.ndarray:
     if not candidates:
         return _NO_TABLE
     per_doc, first_hash, first_chars = _quality_kernels().measure_bytes(
-        *_joined_utf8(candidates),
-        *_char_tables(),
-        np.full(len(candidates), -1, dtype=np.int64),
-        _NO_TABLE,
-        np.zeros(1, dtype=np.int64),
-        _NO_TABLE,
+        *_joined_utf8(candidates), *_char_tables(), np.full(len(candidates), -1, dtype=np.int64), *_word_lists([]), -1
     )
     whole = (per_doc[:, 3] == 1) & (first_chars == per_doc[:, 0])  # one word, and it is the whole entry
     return np.unique(first_hash[whole])
 
 
 @functools.cache
-def _stopword_hashes(lang: str) -> np.ndarray:
-    return _word_hashes(stopwordsiso.stopwords(lang))
+def _stopword_index(lang: str) -> HashIndex:
+    return HashIndex(_word_hashes(stopwordsiso.stopwords(lang)))
+
+
+@functools.lru_cache(maxsize=4)
+def _blocklist_index(blocklist: frozenset[str]) -> HashIndex:
+    return HashIndex(_word_hashes(blocklist))
+
+
+def _word_lists(indexes: Sequence[HashIndex]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The word lists laid end to end for the compiled pass: slots, slot offsets, keys, key offsets, shifts."""
+    slot_at = np.zeros(len(indexes) + 1, dtype=np.int64)
+    np.cumsum([index.slots.size for index in indexes], out=slot_at[1:])
+    key_at = np.zeros(len(indexes) + 1, dtype=np.int64)
+    np.cumsum([index.keys.size for index in indexes], out=key_at[1:])
+    return (
+        np.concatenate([index.slots for index in indexes]) if indexes else np.zeros(0, dtype=np.int32),
+        slot_at,
+        np.concatenate([index.keys for index in indexes]) if indexes else _NO_TABLE,
+        key_at,
+        np.array([index.shift for index in indexes], dtype=np.uint64),
+    )
 
 
 def _top_ngrams(hashed: pl.DataFrame) -> pl.DataFrame:
@@ -376,17 +392,16 @@ def _measure_piece(texts: list[str], languages: list[str], blocklist: frozenset[
         return pl.concat(parts).sort("doc")
     with_lists = sorted({lang for lang in languages if stopwordsiso.has_lang(lang)})
     code = {lang: k for k, lang in enumerate(with_lists)}
-    tables = [_stopword_hashes(lang) for lang in with_lists]
-    bounds = np.zeros(len(tables) + 1, dtype=np.int64)
-    np.cumsum([t.size for t in tables], out=bounds[1:])
+    indexes = [_stopword_index(lang) for lang in with_lists]
+    if blocklist:
+        indexes.append(_blocklist_index(blocklist))
     doc_lang = np.fromiter((code.get(lang, -1) for lang in languages), dtype=np.int64, count=len(languages))
     per_doc, _, _ = kernels.measure_bytes(
         *_joined_utf8(encoded),
         *_char_tables(),
         doc_lang,
-        np.concatenate(tables) if tables else _NO_TABLE,
-        bounds,
-        _word_hashes(blocklist) if blocklist else _NO_TABLE,
+        *_word_lists(indexes),
+        len(with_lists) if blocklist else -1,
     )
     columns = dict(zip(kernels.FEATURES, per_doc.T, strict=True))
     return pl.DataFrame(
