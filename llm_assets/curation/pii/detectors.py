@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import functools
 import ipaddress
+import itertools
 import re
 from collections.abc import Collection, Sequence
 from datetime import date
@@ -244,15 +245,19 @@ def prescan(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> list[Pr
     buffer = array.buffers()[2]
     data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.zeros(1, dtype=np.uint8)
     clusters, ibans = _scan_kernels.scan(data, offsets, _ascii_classes())
+    by_cluster, by_iban = _spans_by_doc(clusters), _spans_by_doc(ibans)
     result: list[Prescanned] = [_NOTHING] * n
-    for rows, slot in ((clusters, 0), (ibans, 1)):
-        bounds = np.searchsorted(rows[:, 0], np.arange(n + 1)).tolist()
-        spans = rows[:, 1:].tolist()
-        for doc in np.unique(rows[:, 0]).tolist():
-            current = result[doc]
-            found = [(start, end) for start, end in spans[bounds[doc] : bounds[doc + 1]]]
-            result[doc] = (found, current[1]) if slot == 0 else (current[0], found)
+    for doc in by_cluster.keys() | by_iban.keys():
+        result[doc] = (by_cluster.get(doc, []), by_iban.get(doc, []))
     return result
+
+
+def _spans_by_doc(rows: np.ndarray) -> dict[int, list[tuple[int, int]]]:
+    """(doc, start, end) rows, sorted by doc, as each doc's list of (start, end)."""
+    spans = list(zip(rows[:, 1].tolist(), rows[:, 2].tolist(), strict=True))
+    cuts = [0, *(np.flatnonzero(rows[1:, 0] != rows[:-1, 0]) + 1).tolist(), len(spans)]
+    docs = rows[:, 0].tolist()
+    return {docs[lo]: spans[lo:hi] for lo, hi in itertools.pairwise(cuts) if hi > lo}
 
 
 def detect_structured(
