@@ -232,9 +232,9 @@ def measure_bytes(
         for k in range(n_pairs):  # read each pair's count and span, and free its slot for the next doc
             meta = pair_table[2 * pair_slots[k] + 1]
             pair_table[2 * pair_slots[k] + 1] = _FREE
-            count = np.int64(meta >> np.uint64(32))
+            count = int(meta >> np.uint64(32))
             if count >= 2:
-                best = max(best, count * _PACK + np.int64(meta & _LOW))
+                best = max(best, count * _PACK + int(meta & _LOW))
         for k in range(n_lines):
             line_table[2 * line_slots[k] + 1] = _FREE
         per_doc[d, 0] = chars
