@@ -123,7 +123,7 @@ def measure_bytes(
     block: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Measure each "\\n"-terminated doc of raw[:size] (doc d starts at starts[d]); its count tables take
-    40-80 bytes per byte of the longest doc, so callers send long docs elsewhere (`quality.KERNEL_DOC_BYTES`).
+    48-96 bytes per byte of the longest doc, so callers send long docs elsewhere (`quality.KERNEL_DOC_BYTES`).
 
     A word is a run of characters whose lowercase is a word character; it counts as a stopword when the hash
     of its lowercase is in word list l = doc_lang[d] (-1: no list), and as blocklisted when in word list
