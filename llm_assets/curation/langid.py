@@ -146,6 +146,12 @@ def _predict(texts: Sequence[str], k: int, sample_chars: int) -> list[list[tuple
     return out
 
 
+# lingua sums its n-gram log-probabilities in hash-map order, so the same text's confidence differs between
+# calls in the last few bits (~1e-15): rounded to 6 digits, a document scores the same in every run (it
+# changes only for a value within ~1e-15 of a rounding boundary, ~1 document in 10^8), so shards hash alike.
+LINGUA_DIGITS = 6
+
+
 def _refine_close_languages(texts: Sequence[str], languages: list[str], scores: list[float], sample_chars: int) -> None:
     """Choose within a close-language group: lingua for `CLOSE_LANGUAGE_GROUPS`, the standards' own markers
     for Serbian/Croatian/Bosnian (`serbo_croatian`). The score becomes P(group) x the chooser's confidence
@@ -177,7 +183,7 @@ def _refine_close_languages(texts: Sequence[str], languages: list[str], scores: 
             if confidences:
                 group_probability = min(1.0, sum(p for label, p in ranked[i] if label in members))
                 languages[i] = label_of[confidences[0].language.name]
-                scores[i] = group_probability * float(confidences[0].value)
+                scores[i] = group_probability * round(float(confidences[0].value), LINGUA_DIGITS)
 
 
 def identify_languages(

@@ -315,7 +315,7 @@ def deduplicated_shards(
     group_name=GROUP,
     # v2: lingua decides no/nn/da and ms/id; v3: the standards' markers decide sr/hr/bs and arz/ar;
     # v4: a word 2-gram seen once is no longer counted as repeated when the next doc starts with it too
-    code_version="quality_filtered_shards-v4",
+    code_version="quality_filtered_shards-v5",
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"parquet"},
     check_specs=check_specs("quality_filtered_shards"),
