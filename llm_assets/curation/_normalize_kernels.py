@@ -228,3 +228,24 @@ def candidate_lines(
             position += 1
             i += 1  # past the "\n"
     return docs[:m], positions[:m], keys[:m]
+
+
+@njit(cache=True, nogil=True)
+def rows_with_flagged(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """For each doc data[offsets[d]:offsets[d + 1]], d in `rows`: has it a code point `flagged` marks (or a
+    malformed sequence)? Stops at the first one, so a flagged doc costs less than a whole walk."""
+    out = np.zeros(rows.size, dtype=np.bool_)
+    for k in range(rows.size):
+        d = rows[k]
+        i = offsets[d]
+        end = offsets[d + 1]
+        while i < end:
+            if data[i] < 0x80:
+                i += 1
+                continue
+            cp, width = _decode(data, i)
+            if width == 0 or flagged[cp]:
+                out[k] = True
+                break
+            i += width
+    return out

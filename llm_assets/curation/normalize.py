@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -160,26 +161,67 @@ def _mojibake_pattern() -> str | None:
     return pattern
 
 
+def _large_strings(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
+    """Texts as one large_string array without nulls (null is the empty text): the form every step works on."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks else pa.array([], pa.large_string())
+    if not isinstance(texts, pa.Array):
+        texts = pa.array([text or "" for text in texts], pa.large_string())
+    if not pa.types.is_large_string(texts.type):
+        texts = texts.cast(pa.large_string())
+    if texts.null_count:
+        texts = pc.fill_null(texts, "")
+    return texts
+
+
+def _non_ascii_rows(texts: pa.LargeStringArray) -> np.ndarray:
+    return np.flatnonzero(~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False))
+
+
+def _replace_rows(
+    texts: pa.LargeStringArray, rows: Sequence[int] | np.ndarray, values: list[str]
+) -> pa.LargeStringArray:
+    """`texts` with rows[i] (ascending) replaced by values[i]; the other strings' bytes are copied, not decoded."""
+    if not len(rows):
+        return texts
+    mask = np.zeros(len(texts), dtype=bool)
+    mask[np.asarray(rows, dtype=np.int64)] = True
+    return pc.replace_with_mask(texts, pa.array(mask), pa.array(values, pa.large_string()))
+
+
+def _mojibake_rows(texts: pa.LargeStringArray, among: np.ndarray | None = None) -> np.ndarray:
+    """Rows (ascending; of `among` if given) with a character sequence ftfy's badness heuristic flags (see
+    `mojibake_candidates`)."""
+    rows = _non_ascii_rows(texts)
+    if among is not None:
+        rows = np.intersect1d(rows, among, assume_unique=True)
+    pattern = _mojibake_pattern()
+    if pattern is None or not rows.size:
+        return rows
+    # Every character the heuristic looks for is non-ASCII (and ftfy leaves ASCII text alone): test the rest only.
+    hits = pl.Series(texts.take(pa.array(rows))).str.contains(pattern).fill_null(False).to_numpy()
+    return rows[hits]
+
+
 def mojibake_candidates(texts: Sequence[str]) -> list[bool]:
     """Which texts ftfy must look at: those with a character sequence its badness heuristic flags.
 
     ftfy only changes text in which its heuristic finds something (or C1 controls, which it also flags), so
     skipping the rest gives the same output without ftfy's per-line cost on clean text.
     """
-    flags = [not text.isascii() for text in texts]
-    pattern = _mojibake_pattern()
-    rows = [i for i, flag in enumerate(flags) if flag]
-    if pattern is None or not rows:
-        return flags
-    # Every character the heuristic looks for is non-ASCII (and ftfy leaves ASCII text alone): test the rest only.
-    hits = pl.Series([texts[i] for i in rows], dtype=pl.String).str.contains(pattern).fill_null(False)
-    for i, hit in zip(rows, hits.to_list(), strict=True):
-        flags[i] = hit
-    return flags
+    flags = np.zeros(len(texts), dtype=bool)
+    flags[_mojibake_rows(_large_strings(texts))] = True
+    return [bool(flag) for flag in flags]
 
 
 def _prepare(texts: Sequence[str], config: NormalizeConfig, changes: dict[str, int]) -> list[str]:
-    """Every step except boilerplate removal, vectorised in polars except ftfy's repair of flagged texts.
+    """`_prepare_array` of Python strings."""
+    return list(_prepare_array(_large_strings(texts), config, changes).to_pylist())
+
+
+def _prepare_array(texts: pa.LargeStringArray, config: NormalizeConfig, changes: dict[str, int]) -> pa.LargeStringArray:
+    """Every step except boilerplate removal, vectorised over the Arrow strings except ftfy's repair of flagged
+    texts (only those become Python strings).
 
     `count_lines` and `normalize_text`/`normalize_batch` all go through here, so lines hash the same in both
     passes. `changes` is incremented in place. A later step can expose mojibake that an earlier one hid (a
@@ -189,47 +231,53 @@ def _prepare(texts: Sequence[str], config: NormalizeConfig, changes: dict[str, i
     out = _prepare_once(texts, config, changes)
     if not config.fix_mojibake:
         return out
+    # A text that a round left as it was is a fixed point of `_prepare_once`: only changed ones can need another.
+    changed = np.flatnonzero(pc.not_equal(texts, out).to_numpy(zero_copy_only=False))
     for _ in range(2):
+        rows = _mojibake_rows(out, changed)
+        if not rows.size:
+            break
+        flagged = out.take(pa.array(rows)).to_pylist()
         again = [
-            i
-            for i, flag in enumerate(mojibake_candidates(out))
-            if flag and ftfy.fix_text(out[i], _FTFY_CONFIG) != out[i]
+            row for row, text in zip(rows.tolist(), flagged, strict=True) if ftfy.fix_text(text, _FTFY_CONFIG) != text
         ]
         if not again:
             break
-        for i, text in zip(again, _prepare_once([out[i] for i in again], config, changes), strict=True):
-            out[i] = text
+        before = out.take(pa.array(again, pa.int64()))
+        redone = _prepare_once(before, config, changes)
+        changed = np.asarray(again, dtype=np.int64)[~pc.equal(before, redone).to_numpy(zero_copy_only=False)]
+        out = _replace_rows(out, again, redone.to_pylist())
     return out
 
 
-def _prepare_once(texts: Sequence[str], config: NormalizeConfig, changes: dict[str, int]) -> list[str]:
-    texts = list(texts)
-    if config.fix_mojibake and texts:
-        for i, flag in enumerate(mojibake_candidates(texts)):
-            if flag:
-                fixed = ftfy.fix_text(texts[i], _FTFY_CONFIG)
-                changes["mojibake_fixed"] += fixed != texts[i]
-                texts[i] = fixed
-    series = pl.Series(texts, dtype=pl.String)
-    non_ascii = [i for i, text in enumerate(texts) if not text.isascii()]
-    if config.unicode_form is not None and non_ascii:
-        # ASCII text is the same in every normal form and has none of the _PRE_NFKC characters
-        part = series.gather(non_ascii)
+def _prepare_once(texts: pa.LargeStringArray, config: NormalizeConfig, changes: dict[str, int]) -> pa.LargeStringArray:
+    if config.fix_mojibake and len(texts):
+        rows = _mojibake_rows(texts)
+        if rows.size:
+            flagged = texts.take(pa.array(rows)).to_pylist()
+            fixed = [ftfy.fix_text(text, _FTFY_CONFIG) for text in flagged]
+            changes["mojibake_fixed"] += sum(a != b for a, b in zip(fixed, flagged, strict=True))
+            texts = _replace_rows(texts, rows, fixed)
+    non_ascii = _non_ascii_rows(texts)
+    unstable = _unstable_rows(texts, non_ascii, config.unicode_form)
+    if config.unicode_form is not None and unstable.size:
+        # The rest are already in the normal form and have none of the _PRE_NFKC characters (ASCII text in
+        # particular is the same in every form), so polars normalises only these.
+        series = pl.Series(texts)
+        part = series.gather(unstable)
         if config.standardise_punctuation and config.unicode_form in ("NFKC", "NFKD"):
             part = part.str.replace_many(_PRE_NFKC)
         normalized = part.str.normalize(config.unicode_form)
         changes["unicode_normalized"] += int((normalized != part).sum())
-        series = series.scatter(non_ascii, normalized)
+        texts = _large_strings(series.scatter(unstable, normalized).to_arrow())
     if not (config.standardise_whitespace or config.remove_control_chars or config.standardise_punctuation):
-        return series.to_list()
+        return texts
     kernels = _normalize_kernels()
     if kernels is None:  # pragma: no cover - numba is a dependency
-        return _standardise_polars(series, config, changes, non_ascii).to_list()
-    array = series.to_arrow()
-    if not isinstance(array, pa.LargeStringArray):  # pragma: no cover - polars exports large_string
-        array = array.cast(pa.large_string())
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    data = array.buffers()[2]
+        standardised = _standardise_polars(pl.Series(texts), config, changes, non_ascii.tolist())
+        return _large_strings(standardised.to_arrow())
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    data = texts.buffers()[2]
     kind, punctuation, replacement, replacement_offsets = _step_tables()
     out, out_offsets, per_doc = kernels.standardise_bytes(
         np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8),
@@ -246,8 +294,51 @@ def _prepare_once(texts: Sequence[str], config: NormalizeConfig, changes: dict[s
     changes["control_chars_removed"] += int(per_doc[:, 0].sum())
     changes["punctuation_standardised"] += int(per_doc[:, 1].sum())
     changes["whitespace_standardised"] += int(per_doc[:, 2].sum())
-    result = pa.LargeStringArray.from_buffers(len(array), pa.py_buffer(out_offsets), pa.py_buffer(out))
-    return result.to_pylist()
+    return pa.LargeStringArray.from_buffers(len(texts), pa.py_buffer(out_offsets), pa.py_buffer(out))
+
+
+def _unstable_rows(texts: pa.LargeStringArray, rows: np.ndarray, form: str | None) -> np.ndarray:
+    """The `rows` (non-ASCII texts) with a character that `form` could change (see `_unstable_code_points`);
+    all of them where the compiled pass cannot load."""
+    kernels = _normalize_kernels()
+    if form is None or kernels is None or not rows.size:  # pragma: no cover - numba is a dependency
+        return rows
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    data = np.frombuffer(texts.buffers()[2], dtype=np.uint8)
+    return rows[kernels.rows_with_flagged(data, offsets, rows.astype(np.int64), _unstable_code_points(form))]
+
+
+# Second characters of Hangul syllable composition (vowel and trailing jamo): algorithmic, not in the
+# decomposition data.
+_HANGUL_SECONDS = (range(0x1161, 0x1176), range(0x11A8, 0x11C3))
+
+
+@functools.cache
+def _unstable_code_points(form: str) -> np.ndarray:
+    """Per code point: could a text's `form` differ from it because the text holds this character?
+
+    The Unicode quick check, widened: a character that `form` changes on its own (polars' normaliser decides),
+    a mark or any character with a nonzero combining class (canonical reordering, composition), the second
+    character of a canonical composition pair and the Hangul vowel and trailing jamo (they compose with the
+    character before them), and every character Python's (maybe older) Unicode data does not know. A text
+    with none of them is already in `form`; the tests check that against polars on random texts.
+    """
+    from llm_assets.curation._codepoints import code_point_series
+
+    points, chars = code_point_series()
+    table = np.ones(0x110000, dtype=np.bool_)  # surrogates stay flagged: never in valid UTF-8
+    stable = (chars.str.normalize(form) == chars) & ~chars.str.contains(r"^\p{M}$")
+    table[points] = ~stable.to_numpy()
+    for point in points[points < 0x30000].tolist():  # beyond: unassigned, or CJK ideographs with no form
+        char = chr(point)
+        if unicodedata.combining(char) or unicodedata.category(char) == "Cn":
+            table[point] = True
+        decomposition = unicodedata.decomposition(char)
+        if decomposition and not decomposition.startswith("<") and " " in decomposition:
+            table[int(decomposition.rsplit(" ", 1)[1], 16)] = True
+    for block in _HANGUL_SECONDS:
+        table[block.start : block.stop] = True
+    return table
 
 
 def _standardise_polars(
@@ -320,7 +411,7 @@ _PY_SPACE_RUN = "[" + "".join(f"\\x{{{ord(ch):X}}}" for ch in _PY_SPACE_CHARS) +
 _LINE_HASH_SEED = 0x626F696C6572706C
 
 
-def _candidate_lines(texts: Sequence[str], config: NormalizeConfig) -> pl.DataFrame:
+def _candidate_lines(texts: Sequence[str] | pa.Array, config: NormalizeConfig) -> pl.DataFrame:
     """(doc, position, key) of every line that may be boilerplate: stripped, not empty, short, enough words.
 
     `key` is a 64-bit hash of the stripped line (collisions: ~1 in 2^64 per pair); both passes of one run hash
@@ -330,9 +421,12 @@ def _candidate_lines(texts: Sequence[str], config: NormalizeConfig) -> pl.DataFr
     kernels = _normalize_kernels()
     if kernels is None:  # pragma: no cover - numba is a dependency
         return _candidate_lines_polars(texts, config)
-    from llm_assets.curation.dedup import _joined, _joined_size
+    from llm_assets.curation.dedup import _arrow_pieces, _joined, _joined_size
 
-    pieces = [text.encode("utf-8", "surrogatepass") for text in texts]
+    if isinstance(texts, pa.Array):
+        pieces = _arrow_pieces(texts)
+    else:
+        pieces = [text.encode("utf-8", "surrogatepass") for text in texts]
     raw, starts = _joined(pieces)
     docs, positions, keys = kernels.candidate_lines(
         raw,
@@ -352,7 +446,7 @@ def _python_space_table() -> np.ndarray:
     return table
 
 
-def _candidate_lines_polars(texts: Sequence[str], config: NormalizeConfig) -> pl.DataFrame:
+def _candidate_lines_polars(texts: Sequence[str] | pa.Array, config: NormalizeConfig) -> pl.DataFrame:
     """`_candidate_lines` in polars string passes: the definition the compiled pass is tested against."""
     stripped = pl.col("line").str.strip_chars(_PY_SPACE_CHARS)
     return (
@@ -443,8 +537,10 @@ class LineCounts:
     __hash__ = None  # type: ignore[assignment]
 
 
-def count_prepared_lines(prepared: Sequence[str], config: NormalizeConfig, counts: LineCounts) -> pl.DataFrame:
-    """Adds the candidate lines of already prepared texts (see `prepare_texts`) to `counts`; returns them
+def count_prepared_lines(
+    prepared: Sequence[str] | pa.Array, config: NormalizeConfig, counts: LineCounts
+) -> pl.DataFrame:
+    """Adds the candidate lines of already prepared texts (see `prepare_text_array`) to `counts`; returns them
     (doc, position, key), which pass 2 can take as `normalize_batch(lines=...)` instead of finding them again."""
     lines = _candidate_lines(prepared, config)
     counts.add(lines.unique(["doc", "key"]).get_column("key").to_numpy())
@@ -469,37 +565,48 @@ def boilerplate_lines(counts: LineCounts, total_docs: int, config: NormalizeConf
 
 
 def _drop_boilerplate(
-    texts: list[str],
+    texts: pa.LargeStringArray,
     config: NormalizeConfig,
     boilerplate: frozenset[int],
     changes: dict[str, int],
     lines: pl.DataFrame | None = None,
-) -> list[str]:
-    if not boilerplate or not texts:
+) -> pa.LargeStringArray:
+    """`texts` without their boilerplate lines; only the documents that have one become Python strings."""
+    if not boilerplate or not len(texts):
         return texts
     lines = _candidate_lines(texts, config) if lines is None else lines
     drops = lines.filter(pl.col("key").is_in(pl.Series(list(boilerplate), dtype=pl.UInt64).implode()))
     if not drops.height:
         return texts
-    out = list(texts)
     # One aggregation and one pass over plain lists: iterating group_by's per-document frames cost ~60 us a
     # document, which dominated when a boilerplate line sits in most documents of a source.
-    per_doc = drops.group_by("doc").agg(pl.col("position").unique())
-    for doc, positions in zip(
-        per_doc.get_column("doc").to_list(), per_doc.get_column("position").to_list(), strict=True
+    per_doc = drops.group_by("doc").agg(pl.col("position").unique()).sort("doc")
+    docs = per_doc.get_column("doc").to_list()
+    out: list[str] = []
+    for text, positions in zip(
+        texts.take(pa.array(docs, pa.int64())).to_pylist(), per_doc.get_column("position").to_list(), strict=True
     ):
         drop = set(positions)
         changes["boilerplate_lines_removed"] += len(drop)
-        kept = "\n".join(line for position, line in enumerate(out[doc].split("\n")) if position not in drop)
-        out[doc] = _BLANK_LINES_RE.sub("\n\n", kept).strip() if config.standardise_whitespace else kept
-    return out
+        kept = "\n".join(line for position, line in enumerate(text.split("\n")) if position not in drop)
+        out.append(_BLANK_LINES_RE.sub("\n\n", kept).strip() if config.standardise_whitespace else kept)
+    return _replace_rows(texts, docs, out)
 
 
 def prepare_texts(texts: Sequence[str | None], config: NormalizeConfig) -> tuple[list[str], dict[str, int]]:
-    """Every step but boilerplate removal, and how much each kind of change touched the texts: what pass 1
-    computes anyway, so a caller can keep it for `normalize_batch(prepared=...)` instead of redoing it."""
+    """`prepare_text_array` of Python strings, as Python strings."""
+    prepared, changes = prepare_text_array(_large_strings(texts), config)
+    return list(prepared.to_pylist()), changes
+
+
+def prepare_text_array(
+    texts: pa.Array | pa.ChunkedArray, config: NormalizeConfig
+) -> tuple[pa.LargeStringArray, dict[str, int]]:
+    """Every step but boilerplate removal (null is the empty text), and how much each kind of change touched the
+    texts: what pass 1 computes anyway, so a caller can keep it for `normalize_batch(prepared=...)` instead of
+    redoing it."""
     changes = dict.fromkeys(CHANGE_KINDS, 0)
-    return _prepare([text or "" for text in texts], config, changes), changes
+    return _prepare_array(_large_strings(texts), config, changes), changes
 
 
 def normalize_text(
@@ -511,47 +618,43 @@ def normalize_text(
     count characters or lines. For many documents use `normalize_batch`: it vectorises across them.
     """
     changes = dict.fromkeys(CHANGE_KINDS, 0)
-    prepared = _prepare([text], config, changes)
-    return _drop_boilerplate(prepared, config, boilerplate, changes)[0], changes
+    prepared = _prepare_array(_large_strings([text]), config, changes)
+    return str(_drop_boilerplate(prepared, config, boilerplate, changes)[0].as_py()), changes
 
 
 def normalize_batch(
     table: pa.Table,
     config: NormalizeConfig,
     boilerplate: frozenset[int],
-    prepared: tuple[Sequence[str], dict[str, int]] | None = None,
+    prepared: tuple[Sequence[str] | pa.Array, dict[str, int]] | None = None,
     lines: pl.DataFrame | None = None,
 ) -> StageOutput:
     """Pass 2: replace `text` by its normalised form; reject documents left shorter than `min_chars_after`.
 
-    `prepared` is `prepare_texts` of this table's texts when pass 1 kept it; otherwise it is computed here.
+    `prepared` is `prepare_text_array` of this table's texts when pass 1 kept it; otherwise it is computed here.
     `lines` is what `count_prepared_lines` returned for those prepared texts, if pass 1 kept that too.
+    Text stays in Arrow throughout: only documents that lose a boilerplate line become Python strings.
     """
-    texts = [text or "" for text in table.column("text").to_pylist()]
+    texts = _large_strings(table.column("text"))
     if prepared is None:
-        prepared = prepare_texts(texts, config)
-    if len(prepared[0]) != len(texts):
-        raise ValueError(f"normalize_batch: {len(prepared[0])} prepared texts for a table of {len(texts)} rows")
+        prepared = prepare_text_array(texts, config)
+    prepared_texts = _large_strings(prepared[0])
+    if len(prepared_texts) != len(texts):
+        raise ValueError(f"normalize_batch: {len(prepared_texts)} prepared texts for a table of {len(texts)} rows")
     changes = dict(prepared[1])
-    normalized = _drop_boilerplate(list(prepared[0]), config, boilerplate, changes, lines)
-    kept_idx: list[int] = []
-    kept_texts: list[str] = []
-    rejected_idx: list[int] = []
-    rejected_len: list[int] = []
-    docs_changed = 0
-    for i, (text, out) in enumerate(zip(texts, normalized, strict=True)):
-        docs_changed += out != text
-        if len(out) >= config.min_chars_after:
-            kept_idx.append(i)
-            kept_texts.append(out)
-        else:
-            rejected_idx.append(i)
-            rejected_len.append(len(out))
+    normalized = _drop_boilerplate(prepared_texts, config, boilerplate, changes, lines)
+    docs_changed = int(pc.sum(pc.not_equal(texts, normalized)).as_py() or 0)
+    lengths = pc.utf8_length(normalized).to_numpy(zero_copy_only=False).astype(np.int64)
+    keep = lengths >= config.min_chars_after
+    kept_idx = np.flatnonzero(keep)
+    rejected_idx = np.flatnonzero(~keep).tolist()
+    rejected_len = lengths[~keep].tolist()
 
     position = table.schema.get_field_index("text")
     field = table.schema.field(position)
-    kept = table.take(pa.array(kept_idx, type=pa.int64()))
-    kept = kept.set_column(position, field, pa.array(kept_texts, type=field.type))
+    take = pa.array(kept_idx, type=pa.int64())
+    kept = table.take(take)
+    kept = kept.set_column(position, field, normalized.take(take).cast(field.type))
     rejects = reject_rows(
         table,
         rejected_idx,
@@ -572,6 +675,6 @@ def normalize_batch(
         **changes,
         "boilerplate_hashes": len(boilerplate),
         "chars_in": chars_in,
-        "chars_out": sum(len(text) for text in kept_texts),
+        "chars_out": int(lengths[keep].sum()),
     }
     return StageOutput(kept=kept, rejects=rejects, stats=stats)

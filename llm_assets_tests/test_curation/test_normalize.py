@@ -293,13 +293,13 @@ def test_compiled_steps_give_the_polars_text_and_counts(texts: list[str], switch
     non_ascii = [i for i, text in enumerate(texts) if not text.isascii()]
     expected = normalize._standardise_polars(pl.Series(texts, dtype=pl.String), config, expected_changes, non_ascii)
     changes = dict.fromkeys(normalize.CHANGE_KINDS, 0)
-    assert normalize._prepare_once(texts, config, changes) == expected.to_list()
+    assert normalize._prepare_once(normalize._large_strings(texts), config, changes).to_pylist() == expected.to_list()
     assert changes == expected_changes
     for text in texts:  # per document too: a batch's sums could hide two opposite mistakes
         one: dict[str, int] = dict.fromkeys(normalize.CHANGE_KINDS, 0)
         reference: dict[str, int] = dict.fromkeys(normalize.CHANGE_KINDS, 0)
         normalize._standardise_polars(pl.Series([text], dtype=pl.String), config, reference, [0])
-        normalize._prepare_once([text], config, one)
+        normalize._prepare_once(normalize._large_strings([text]), config, one)
         assert one == reference, text
 
 
@@ -323,3 +323,51 @@ def test_compiled_candidate_lines_are_the_polars_lines(texts: list[str], max_cha
     assert actual.select("doc", "position").rows() == expected.select("doc", "position").rows()
     pairs = set(zip(expected["key"].to_list(), actual["key"].to_list(), strict=True))
     assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs})
+
+
+# Characters that interact under normalisation: precomposed and combining accents (reordered by class),
+# Hangul syllables and jamo (composed algorithmically), Indic vowel signs that compose (U+0B47 + U+0B3E),
+# a composition exclusion (U+0958), a singleton (U+212B), compatibility forms (ligature, fullwidth, superscript,
+# the spacing accents _PRE_NFKC handles), CJK, emoji and a variation selector; plus plain letters.
+UNICODE_ALPHABET = list(
+    "aeoAΩωάέ\u0301\u0308\u0345\u0323\u0313가각\u1100\u1161\u11a8\u0b47\u0b3e\u0b4b\u0958\u212b\ufb01\uff21²"
+    "\u00b4\u0384\u00c5\u0041\u030a\u4e2d\U0001f600\ufe0f\u0627\u064e\u0651\u0915\u093f\u094d "
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet=st.sampled_from(UNICODE_ALPHABET), max_size=8), min_size=1, max_size=12),
+    form=st.sampled_from(["NFKC", "NFC", "NFD", "NFKD"]),
+)
+@example(texts=["\u0627\u0651\u064e", "a\u0301\u0323", "\u1100\u1161", "\u0b47\u0b3e", "\ufb01"], form="NFC")
+@example(texts=["\u0627\u0651\u064e", "\u0958", "\u212b", "x\u00b4", "\uff21"], form="NFKC")
+def test_texts_the_quick_check_passes_are_already_normalised(texts: list[str], form: str) -> None:
+    """Normalisation skips the texts `_unstable_rows` leaves out: each must already be in the form (polars
+    decides), so skipping them changes no output."""
+    import numpy as np
+    import polars as pl
+
+    from llm_assets.curation import normalize
+
+    array = normalize._large_strings(texts)
+    rows = np.arange(len(texts), dtype=np.int64)
+    unstable = set(normalize._unstable_rows(array, rows, form).tolist())
+    normalised = pl.Series(texts, dtype=pl.String).str.normalize(form).to_list()
+    for row, (text, target) in enumerate(zip(texts, normalised, strict=True)):
+        if row not in unstable:
+            assert text == target, (form, text)
+
+
+def test_every_character_a_form_changes_is_flagged() -> None:
+    """The whole table: a character that its own normal form changes is always flagged, in every form."""
+    import numpy as np
+
+    from llm_assets.curation import normalize
+    from llm_assets.curation._codepoints import code_point_series
+
+    points, chars = code_point_series()
+    for form in ("NFKC", "NFC", "NFD", "NFKD"):
+        changed = (chars.str.normalize(form) != chars).to_numpy()
+        assert normalize._unstable_code_points(form)[points[changed]].all(), form
+        assert not normalize._unstable_code_points(form)[np.arange(0x80)].any()
