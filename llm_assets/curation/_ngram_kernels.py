@@ -84,3 +84,53 @@ def log_probs(
             result = log_uniform + backoff
         out[i] = result
     return out
+
+
+@njit(cache=True, nogil=True)
+def count_keys(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of `keys` (uint64, in first-seen order) and the sum of their `weights` (int64; an empty
+    array counts each occurrence once): one pass through an open-addressing table, so only the distinct keys are
+    left to sort, not every position."""
+    capacity, log2 = 16, 4
+    while capacity < 2 * keys.size:
+        capacity, log2 = capacity * 2, log2 + 1
+    shift = np.uint64(64 - log2)
+    slot_of = np.full(capacity, -1, dtype=np.int64)
+    distinct = np.empty(keys.size, dtype=np.uint64)
+    sums = np.zeros(keys.size, dtype=np.int64)
+    weighted = weights.size > 0
+    m = 0
+    mask = capacity - 1
+    for i in range(keys.size):
+        key = keys[i]
+        add = weights[i] if weighted else 1
+        slot = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+        while True:
+            at = slot_of[slot]
+            if at < 0:
+                slot_of[slot] = m
+                distinct[m] = key
+                sums[m] = add
+                m += 1
+                break
+            if distinct[at] == key:
+                sums[at] += add
+                break
+            slot = (slot + 1) & mask
+    return distinct[:m], sums[:m]
+
+
+@njit(cache=True, nogil=True)
+def stable_order(values: np.ndarray, size: int) -> np.ndarray:
+    """np.argsort(values, kind="stable") for int64 values in [0, size): a counting sort, O(n + size)."""
+    starts = np.zeros(size + 1, dtype=np.int64)
+    for v in values:
+        starts[v + 1] += 1
+    for i in range(size):
+        starts[i + 1] += starts[i]
+    order = np.empty(values.size, dtype=np.int64)
+    for i in range(values.size):
+        v = values[i]
+        order[starts[v]] = i
+        starts[v] += 1
+    return order

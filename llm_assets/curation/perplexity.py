@@ -71,7 +71,16 @@ def _count_ngrams(top: np.ndarray, order: int, bits: int) -> tuple[list[np.ndarr
     The k-gram key of a position is its (k+1)-gram key with the oldest id masked off, so each lower order
     is counted from the distinct keys of the order above: one sort of all positions, then ever smaller ones.
     """
-    keys, counts = np.unique(top, return_counts=True)
+    kernels = _compiled_kernels()
+    if kernels is not None:  # the same arrays: sum in one hashed pass, then sort only the distinct keys
+        keys, counts = _sorted_sums(kernels, top, np.empty(0, dtype=np.int64))
+        all_keys, all_counts = [keys], [counts]
+        for k in range(order - 1, 0, -1):
+            keys, counts = _sorted_sums(kernels, keys & np.uint64((1 << (bits * k)) - 1), counts)
+            all_keys.append(keys)
+            all_counts.append(counts)
+        return all_keys[::-1], all_counts[::-1]
+    keys, counts = np.unique(top, return_counts=True)  # pragma: no cover - numba is a dependency
     counts = counts.astype(np.int64)
     all_keys, all_counts = [keys], [counts]
     for k in range(order - 1, 0, -1):
@@ -84,6 +93,12 @@ def _count_ngrams(top: np.ndarray, order: int, bits: int) -> tuple[list[np.ndarr
         all_keys.append(keys)
         all_counts.append(counts)
     return all_keys[::-1], all_counts[::-1]
+
+
+def _sorted_sums(kernels: Any, keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    distinct, sums = kernels.count_keys(keys, weights)
+    by_key = np.argsort(distinct)
+    return distinct[by_key], sums[by_key]
 
 
 class CharNgramLM:
@@ -190,9 +205,10 @@ class CharNgramLM:
         if order < 1:
             raise ValueError(f"order must be at least 1, got {order}")
         prepared = [_prepare(text) for text in texts if text]
-        codepoints, char_counts = np.unique(
-            np.frombuffer("".join(prepared).encode("utf-32-le"), dtype=np.uint32), return_counts=True
-        )
+        # counted per code point (O(n), no sort): the same ascending code points and counts as np.unique
+        char_counts = np.bincount(np.frombuffer("".join(prepared).encode("utf-32-le"), dtype=np.uint32))
+        codepoints = np.flatnonzero(char_counts).astype(np.uint32)
+        char_counts = char_counts[codepoints]
         cap = (1 << (64 // order)) - _FIRST_CHAR_ID
         if max_vocabulary:
             cap = min(cap, max_vocabulary)
