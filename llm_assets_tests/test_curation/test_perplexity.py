@@ -228,3 +228,21 @@ def test_compiled_scoring_equals_the_numpy_reference(laws: list[str], texts: lis
     compiled = model._log_probs(ids, positions)
     assert _compiled_kernels() is not None, "numba is a dependency: the compiled scoring must load"
     np.testing.assert_array_equal(compiled, model._log_probs_numpy(ids, positions))
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(0, 40), max_size=300), weights=st.booleans())
+def test_compiled_counting_gives_numpys_answers(values: list[int], weights: bool) -> None:
+    """The training's counting sort and hashed sums equal np.argsort(kind="stable") and np.unique."""
+    from llm_assets.curation import _ngram_kernels
+
+    home = np.array(values, dtype=np.int64)
+    assert np.array_equal(_ngram_kernels.stable_order(home, 41), np.argsort(home, kind="stable"))
+    keys = (home.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    w = np.arange(1, len(keys) + 1, dtype=np.int64) if weights else np.empty(0, dtype=np.int64)
+    distinct, sums = _ngram_kernels.count_keys(keys, w)
+    order = np.argsort(distinct)
+    expected_keys, inverse = np.unique(keys, return_inverse=True)
+    expected = np.bincount(inverse, weights=w if weights else None, minlength=len(expected_keys)).astype(np.int64)
+    assert np.array_equal(distinct[order], expected_keys)
+    assert np.array_equal(sums[order], expected)
