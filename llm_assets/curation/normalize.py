@@ -34,6 +34,7 @@ CHANGE_KINDS = (
     "whitespace_standardised",
     "boilerplate_lines_removed",
 )
+UnicodeForm = Literal["NFC", "NFKC", "NFD", "NFKD"]
 _CHUNK_DOCS = 1024  # documents per vectorised step in the streaming pass
 _CHUNK_CHARS = 64 * 2**20
 
@@ -50,7 +51,7 @@ class NormalizeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFKC"
+    unicode_form: UnicodeForm | None = "NFKC"
     fix_mojibake: bool = True
     remove_control_chars: bool = True
     standardise_whitespace: bool = True
@@ -297,7 +298,7 @@ def _prepare_once(texts: pa.LargeStringArray, config: NormalizeConfig, changes: 
     return pa.LargeStringArray.from_buffers(len(texts), pa.py_buffer(out_offsets), pa.py_buffer(out))
 
 
-def _unstable_rows(texts: pa.LargeStringArray, rows: np.ndarray, form: str | None) -> np.ndarray:
+def _unstable_rows(texts: pa.LargeStringArray, rows: np.ndarray, form: UnicodeForm | None) -> np.ndarray:
     """The `rows` (non-ASCII texts) with a character that `form` could change (see `_unstable_code_points`);
     all of them where the compiled pass cannot load."""
     kernels = _normalize_kernels()
@@ -314,7 +315,7 @@ _HANGUL_SECONDS = (range(0x1161, 0x1176), range(0x11A8, 0x11C3))
 
 
 @functools.cache
-def _unstable_code_points(form: str) -> np.ndarray:
+def _unstable_code_points(form: UnicodeForm) -> np.ndarray:
     """Per code point: could a text's `form` differ from it because the text holds this character?
 
     The Unicode quick check, widened: a character that `form` changes on its own (polars' normaliser decides),
