@@ -18,14 +18,17 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _find(slots: np.ndarray, slot_base: int, keys: np.ndarray, key_base: int, shift: Any, query: Any) -> int:
-    """Index (within its order) of `query` among that order's keys, or -1: linear probing from the home slot."""
+def _find(
+    slots: np.ndarray, slot_base: int, keys: np.ndarray, key_base: int, shift: Any, query: Any, stride: int = 1
+) -> int:
+    """Index (within its order) of `query` among that order's keys, or -1: linear probing from the home slot.
+    Key i is keys[i * stride] (stride 2: keys interleaved with their values)."""
     slot = slot_base + np.int64((query * _GOLDEN) >> shift)
     while True:
         index = slots[slot]
         if index < 0:
             return -1
-        if keys[key_base + index] == query:
+        if keys[(key_base + index) * stride] == query:
             return index
         slot += 1
 
@@ -52,7 +55,10 @@ def log_probs(
 ) -> np.ndarray:
     """ln P(ids[p] | the order-1 ids before it) for each p in `positions`: the longest n-gram the model has,
     plus the back-off weights of the longer contexts it had to skip. The n-gram ending at p is packed as
-    `perplexity._top_keys` packs it (ids[p] in the lowest bits), here as each position is reached."""
+    `perplexity._top_keys` packs it (ids[p] in the lowest bits), here as each position is reached.
+
+    Keys and values are interleaved: entry i's key is keys[2 * i] and its value values[2 * i + 1] (the same
+    memory seen as uint64 and as float64), so a hit reads one cache line after the slot, not two."""
     out = np.empty(positions.size, dtype=np.float64)
     width = np.uint64(bits)
     for i in range(positions.size):
@@ -68,18 +74,18 @@ def log_probs(
                 key = key & np.uint64((1 << (bits * k)) - 1)
             j = k - 1
             if ngram_key_at[j + 1] > ngram_key_at[j]:
-                index = _find(ngram_slots, ngram_slot_at[j], ngram_keys, ngram_key_at[j], ngram_shift[j], key)
+                index = _find(ngram_slots, ngram_slot_at[j], ngram_keys, ngram_key_at[j], ngram_shift[j], key, 2)
                 if index >= 0:
-                    result = ngram_logp[ngram_key_at[j] + index] + backoff
+                    result = ngram_logp[2 * (ngram_key_at[j] + index) + 1] + backoff
                     found = True
                     break
             if context_key_at[j + 1] > context_key_at[j]:
                 context = key >> width
                 index = _find(
-                    context_slots, context_slot_at[j], context_keys, context_key_at[j], context_shift[j], context
+                    context_slots, context_slot_at[j], context_keys, context_key_at[j], context_shift[j], context, 2
                 )
                 if index >= 0:
-                    backoff += context_log_gamma[context_key_at[j] + index]
+                    backoff += context_log_gamma[2 * (context_key_at[j] + index) + 1]
         if not found:
             result = log_uniform + backoff
         out[i] = result

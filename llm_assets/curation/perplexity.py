@@ -176,21 +176,26 @@ class CharNgramLM:
     @staticmethod
     def _lay_end_to_end(indexes: list[HashIndex], values: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         """Every order's table in one array each, with offsets, for the compiled loop; the per-order arrays
-        become views into them (the numpy passes keep working), so the model is held once, not twice."""
+        become views into them (the numpy passes keep working), so the model is held once, not twice. Keys and
+        values are interleaved in one buffer (key i at 2i as uint64, its value at 2i + 1 as float64): the
+        loop's hit then reads one cache line after the slot instead of two."""
 
         def offsets(arrays: Sequence[np.ndarray]) -> np.ndarray:
             return np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
 
         slot_at, key_at = offsets([ix.slots for ix in indexes]), offsets([ix.keys for ix in indexes])
         slots = np.concatenate([ix.slots for ix in indexes])
-        keys = np.concatenate([ix.keys for ix in indexes]).astype(np.uint64, copy=False)
-        flat_values = np.concatenate(values).astype(np.float64, copy=False)
+        pairs = np.empty((int(key_at[-1]), 2), dtype=np.uint64)
+        for k, index in enumerate(indexes):
+            pairs[key_at[k] : key_at[k + 1], 0] = index.keys
+            pairs[key_at[k] : key_at[k + 1], 1] = np.asarray(values[k], dtype=np.float64).view(np.uint64)
+        as_float = pairs.view(np.float64)
         for k, index in enumerate(indexes):
             index.slots = slots[slot_at[k] : slot_at[k + 1]]
-            index.keys = keys[key_at[k] : key_at[k + 1]]
-            values[k] = flat_values[key_at[k] : key_at[k + 1]]
+            index.keys = pairs[key_at[k] : key_at[k + 1], 0]
+            values[k] = as_float[key_at[k] : key_at[k + 1], 1]
         shifts = np.array([index.shift for index in indexes], dtype=np.uint64)
-        return slots, slot_at, keys, key_at, shifts, flat_values
+        return slots, slot_at, pairs.reshape(-1), key_at, shifts, as_float.reshape(-1)
 
     @classmethod
     def train(
