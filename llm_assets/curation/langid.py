@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
@@ -45,6 +45,7 @@ CLOSE_LANGUAGE_GROUPS: tuple[dict[str, str], ...] = (
 )
 # Close languages decided by their standards' own markers (a module with GROUP, choose, MARKERS_VERSION).
 MARKER_CHOOSERS = (serbo_croatian, egyptian_arabic)
+REFINE_TOP_K = 3  # P(group) sums the group's members among the model's top 3
 REFINE_SAMPLE_CHARS = 1000  # lingua costs ~0.5 us per character: a bounded sample, as for fastText
 _LABEL_PREFIX = "__label__"
 _UPPERCASE_SHARE = 0.8
@@ -110,7 +111,21 @@ _FOLDED_SPACE = "[\n\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f
 
 
 def _predict(texts: Sequence[str], k: int, sample_chars: int) -> list[list[tuple[str, float]]]:
-    """Top-k (label, probability) per text; [] for a text without a single letter.
+    """Top-k (label, probability) per text; [] for a text without a single letter."""
+    out: list[list[tuple[str, float]]] = [[] for _ in texts]
+    for i, text_labels, text_probs in zip(*_predict_raw(texts, k, sample_chars), strict=True):
+        out[i] = _ranked(text_labels, text_probs)
+    return out
+
+
+def _ranked(labels: Sequence[str], probs: np.ndarray) -> list[tuple[str, float]]:
+    return [(label.removeprefix(_LABEL_PREFIX), min(p, 1.0)) for label, p in zip(labels, probs.tolist(), strict=True)]
+
+
+def _predict_raw(
+    texts: Sequence[str], k: int, sample_chars: int
+) -> tuple[list[int], list[list[str]], list[np.ndarray]]:
+    """The model's top-k for the texts with at least one letter: (their indices, labels, probabilities).
 
     One call to the model for the whole batch; the only per-text Python is the sampling (a no-op for texts
     shorter than `sample_chars`); folding white space and the letter counts run in polars.
@@ -134,16 +149,10 @@ def _predict(texts: Sequence[str], k: int, sample_chars: int) -> list[list[tuple
     for row in capitals["row"].to_list():
         lines[row] = lines[row].lower()
     scored = frame["has_letters"].arg_true().to_list()
-    out: list[list[tuple[str, float]]] = [[] for _ in texts]
     if not scored:
-        return out
+        return [], [], []
     labels, probs = _model().predict([lines[i] for i in scored], k=k)
-    for i, text_labels, text_probs in zip(scored, labels, probs, strict=True):
-        out[i] = [
-            (label.removeprefix(_LABEL_PREFIX), min(float(p), 1.0))
-            for label, p in zip(text_labels, text_probs.tolist(), strict=True)
-        ]
-    return out
+    return scored, list(labels), list(probs)
 
 
 # lingua sums its n-gram log-probabilities in hash-map order, so the same text's confidence differs between
@@ -152,7 +161,13 @@ def _predict(texts: Sequence[str], k: int, sample_chars: int) -> list[list[tuple
 LINGUA_DIGITS = 6
 
 
-def _refine_close_languages(texts: Sequence[str], languages: list[str], scores: list[float], sample_chars: int) -> None:
+def _refine_close_languages(
+    texts: Sequence[str],
+    languages: list[str],
+    scores: list[float],
+    sample_chars: int,
+    ranked: Mapping[int, list[tuple[str, float]]] | None = None,
+) -> None:
     """Choose within a close-language group: lingua for `CLOSE_LANGUAGE_GROUPS`, the standards' own markers
     for Serbian/Croatian/Bosnian (`serbo_croatian`). The score becomes P(group) x the chooser's confidence
     (1 for the marker rules, which only act on evidence and otherwise keep fastText's answer).
@@ -165,7 +180,8 @@ def _refine_close_languages(texts: Sequence[str], languages: list[str], scores: 
     todo = [i for i, language in enumerate(languages) if language in group_of or language in marked]
     if not todo:
         return
-    ranked = dict(zip(todo, _predict([texts[i] for i in todo], 3, sample_chars), strict=True))
+    if ranked is None:
+        ranked = dict(zip(todo, _predict([texts[i] for i in todo], REFINE_TOP_K, sample_chars), strict=True))
     for i in todo:
         chooser = marked.get(languages[i])
         if chooser is not None:
@@ -200,9 +216,28 @@ def identify_languages(
     and texts labelled Serbian, Croatian, Bosnian or Serbo-Croatian, or Arabic or Egyptian Arabic, by the
     `MARKER_CHOOSERS`.
     """
-    top = _predict(texts, 1, sample_chars)
-    languages = [t[0][0] if t else UNDETERMINED for t in top]
-    scores = [t[0][1] if t else 0.0 for t in top]
+    # One model call: its top-3 holds the top-1 (the same label and probability as a top-1 call) and the
+    # ranking the refinement needs for the few texts in a close-language group.
+    scored, labels, probs = _predict_raw(texts, REFINE_TOP_K if refine_close_languages else 1, sample_chars)
+    languages = [UNDETERMINED] * len(texts)
+    scores = [0.0] * len(texts)
+    for i, text_labels, text_probs in zip(scored, labels, probs, strict=True):
+        languages[i] = text_labels[0].removeprefix(_LABEL_PREFIX)
+        scores[i] = min(float(text_probs[0]), 1.0)
     if refine_close_languages:
-        _refine_close_languages(texts, languages, scores, sample_chars)
+        refined = _refined_labels()
+        ranked = {
+            i: _ranked(text_labels, text_probs)
+            for i, text_labels, text_probs in zip(scored, labels, probs, strict=True)
+            if languages[i] in refined
+        }
+        _refine_close_languages(texts, languages, scores, sample_chars, ranked)
     return languages, scores
+
+
+@functools.cache
+def _refined_labels() -> frozenset[str]:
+    """Every label `_refine_close_languages` re-decides."""
+    return frozenset(label for group in CLOSE_LANGUAGE_GROUPS for label in group) | frozenset(
+        label for chooser in MARKER_CHOOSERS for label in chooser.GROUP
+    )
