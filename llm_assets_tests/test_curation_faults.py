@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -96,12 +97,27 @@ def test_hostile_input_is_counted_not_fatal(tmp_path: Path) -> None:
     lines = [json.dumps({"text": t}, ensure_ascii=False) for t in (all_pii, mixed, "ok text of a normal document")]
     (folder / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     manifest = curate_paths([folder], tmp_path / "out", load_settings(None, None))
+    assert gc.get_freeze_count() == 0  # what the run froze between stages is handed back to the collector
     for stage in manifest["stages"]:
         assert stage["in"] == stage["kept"] + stage["rejected"], stage
     ingest = manifest["stages"][0]
     assert ingest["rejected_by_rule"].get("empty_file") == 1
     assert ingest["rejected_by_rule"].get("bad_utf8") == 1
     assert ingest["in"] == 6  # empty, garbage, huge, and three JSONL lines
+
+
+def test_a_host_that_freezes_objects_itself_keeps_its_frozen_set(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    texts = [f"Notice {i} of the municipal council on the opening hours of the public library." for i in range(5)]
+    (folder / "docs.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n", encoding="utf-8")
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        curate_paths([folder], tmp_path / "out", load_settings(None, None))
+        assert gc.get_freeze_count() == frozen  # neither grown by the run nor unfrozen by it
+    finally:
+        gc.unfreeze()
 
 
 def test_incremental_dedup_only_removes_from_new_sources(tmp_path: Path) -> None:
