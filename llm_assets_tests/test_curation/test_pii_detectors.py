@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -452,16 +453,35 @@ def test_name_prefilters_cover_every_key_a_rule_starts_from() -> None:
     assert {h.kind for h in found} == {"person", "location"}
 
 
-# Every character the cluster and IBAN patterns tell apart (U+00A0 the only non-ASCII one), plus others.
-SCAN_ALPHABET = [*"0123456789+().- \t\u00a0AbZxΩ,/:@", "\u00a0\u00a0", "  ", "DE", "GR16", "1234567"]
+# Every character the cluster, IBAN and IPv6 patterns tell apart (U+00A0 the only non-ASCII one), plus others.
+SCAN_ALPHABET = [
+    *"0123456789+().- \t\u00a0AbZxΩ,/:@_",
+    "\u00a0\u00a0",
+    "  ",
+    "DE",
+    "GR16",
+    "1234567",
+    "::",
+    "fe80",
+    "2001:db8:",
+    ":0:",
+    "DEAD:beef",
+]
 
 
-def _regex_scan(text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def _regex_scan(text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
     from llm_assets.curation.pii import detectors
 
     clusters = [m.span() for m in detectors._CLUSTER.finditer(text)]
     ibans = sorted({m.span() for p in range(len(text) + 1) if (m := detectors._IBAN.search(text, p))})
-    return clusters, ibans
+    ipv6 = [
+        (hint.start(), run.end())
+        for run in re.finditer(r"[0-9A-Fa-f:.]+", text)
+        if (hint := detectors._IPV6_HINT.search(text, run.start(), run.end()))
+        and re.search("[0-9]", run.group())
+        and ("::" in run.group() or run.group().count(":") >= 6)
+    ]
+    return clusters, ibans, ipv6
 
 
 # IBAN-shaped runs at the pattern's bounds: 10 and 11 letters or digits after "GR16", 30 and 31, with spaces.
@@ -471,6 +491,8 @@ IBAN_BOUNDS = ["GR16" + "7" * 10, "GR16" + "7" * 11, "x GR16 0110 125" + "0" * 4
 @settings(max_examples=400, deadline=None)
 @example(texts=IBAN_BOUNDS)
 @example(texts=["GR16 " + " ".join("0123456789" * 3), "DE89 3704 0044 0532 0130 00 and 12 345 678"])
+@example(texts=["host fe80::1 and 2001:db8::8a2e:370:7334, Foo::Bar, a:b:c, 1.:.:., x::=y", "::1", "1::", ":a:1"])
+@example(texts=["1:2:3:4:5:6:1.2.3.4 at 12:30:45", "1:2:3:4:5:6:7:8", "fe80::.:1", "::.1", ":.::1"])
 @given(
     texts=st.lists(
         st.lists(st.sampled_from(SCAN_ALPHABET), max_size=60).map("".join) | st.text(max_size=40) | st.none(),
@@ -478,8 +500,8 @@ IBAN_BOUNDS = ["GR16" + "7" * 10, "GR16" + "7" * 11, "x GR16 0110 125" + "0" * 4
     )
 )
 def test_compiled_prescan_finds_what_the_regexes_find(texts: list[str | None]) -> None:
-    """The batch scan gives the numeric-cluster matches `finditer` gives and every IBAN match start, in code
-    points, and detections with it equal detections without it."""
+    """The batch scan gives the numeric-cluster matches `finditer` gives, every IBAN match start and the
+    IPv6 candidate runs, in code points, and detections with it equal detections without it."""
     from llm_assets.curation.pii.detectors import prescan
 
     scanned = prescan(texts)

@@ -1,13 +1,17 @@
-"""Compiled (numba) scan for the two regexes of the structured PII pass that cost the most on number-heavy text:
+"""Compiled (numba) scan for the regexes of the structured PII pass that cost the most on number-heavy text:
 `detectors._CLUSTER` (digits joined by single separators, at least 7 characters) and `detectors._IBAN` (two
-letters, two digits, then 11-30 letters or digits, single spaces allowed). Python's regex engine tries both at
-every digit; this walks each document's UTF-8 once for a whole batch and reports what the regexes would match,
-in code-point offsets, so only the candidates reach Python.
+letters, two digits, then 11-30 letters or digits, single spaces allowed), and the IPv6 candidates. Python's
+regex engine tries the first two at every digit, and `_find_ipv6` looked at every "word:a", "Foo::Bar" and
+"::=" of technical text; this walks each document's UTF-8 once for a whole batch and reports what the regexes
+would match, in code-point offsets, so only the candidates reach Python.
 
 Exactly the regexes' matches (tests compare both on generated text): for `_CLUSTER`, the non-overlapping
 matches `finditer` gives; for `_IBAN`, every start where it matches (with its end), since `_find_ibans`
-resumes its search at a match's start + 1 or past a token. Every character the patterns name is ASCII except
-U+00A0, the only multi-byte character told apart.
+resumes its search at a match's start + 1 or past a token. For IPv6, each maximal run of `[0-9A-Fa-f:.]`
+that holds a `detectors._IPV6_HINT` match, a digit, and "::" or at least six colons: its first hint's colon
+and the run's end (`_find_ipv6` reads only the first hint of a run, and takes an address from within that
+run; one without those holds none, e.g. times like 12:30:45). Every character the patterns name is ASCII
+except U+00A0, the only multi-byte character told apart.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from numba import njit
 
 _NBSP = 0xA0
 # Character classes: only these matter to the two patterns, one byte each, so the scan reads a byte per character.
-OTHER, DIGIT, LETTER, PLUS, OPEN, CLOSE, DOT, DASH, SPACE, TAB, NBSP = range(11)
+# HEX is the letters A-F and a-f, LETTER the other ASCII letters.
+OTHER, DIGIT, LETTER, HEX, PLUS, OPEN, CLOSE, DOT, DASH, SPACE, TAB, NBSP, COLON = range(13)
 
 
 def _members(*classes: int) -> np.ndarray:
-    table = np.zeros(11, dtype=np.bool_)
+    table = np.zeros(13, dtype=np.bool_)
     table[list(classes)] = True
     return table
 
@@ -29,7 +34,10 @@ def _members(*classes: int) -> np.ndarray:
 _STARTS = _members(DIGIT, PLUS, OPEN)  # [+(0-9]
 _JOINS = _members(DIGIT, DOT, OPEN, CLOSE, DASH)  # [0-9.()-]
 _SPACES = _members(SPACE, TAB, NBSP)  # [ \t\u00a0]
-_ALNUM = _members(DIGIT, LETTER)  # [A-Za-z0-9]
+_LETTERS = _members(LETTER, HEX)  # [A-Za-z]
+_ALNUM = _members(DIGIT, LETTER, HEX)  # [A-Za-z0-9]
+_IPV6_RUN = _members(DIGIT, HEX, COLON, DOT)  # [0-9A-Fa-f:.]
+_AFTER_HINT = _members(DIGIT, HEX, COLON)  # [0-9A-Fa-f:], after the hint's colon
 
 
 def ascii_classes() -> np.ndarray:
@@ -38,7 +46,18 @@ def ascii_classes() -> np.ndarray:
     table[ord("0") : ord("9") + 1] = DIGIT
     table[ord("A") : ord("Z") + 1] = LETTER
     table[ord("a") : ord("z") + 1] = LETTER
-    for char, value in (("+", PLUS), ("(", OPEN), (")", CLOSE), (".", DOT), ("-", DASH), (" ", SPACE), ("\t", TAB)):
+    table[ord("A") : ord("F") + 1] = HEX
+    table[ord("a") : ord("f") + 1] = HEX
+    for char, value in (
+        ("+", PLUS),
+        ("(", OPEN),
+        (")", CLOSE),
+        (".", DOT),
+        ("-", DASH),
+        (" ", SPACE),
+        ("\t", TAB),
+        (":", COLON),
+    ):
         table[ord(char)] = value
     return table
 
@@ -64,9 +83,9 @@ def _classify(data: np.ndarray, begin: int, end: int, classes: np.ndarray, out: 
 
 
 @njit(cache=True, nogil=True)
-def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Over the docs data[offsets[d]:offsets[d + 1]]: the `_CLUSTER` matches and the `_IBAN` matches as rows
-    (doc, start, end), sorted by doc then start."""
+def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over the docs data[offsets[d]:offsets[d + 1]]: the `_CLUSTER` matches, the `_IBAN` matches and the IPv6
+    candidate runs (first hint's colon, run end) as rows (doc, start, end), sorted by doc then start."""
     n_docs = offsets.size - 1
     longest = 0
     for d in range(n_docs):
@@ -77,7 +96,9 @@ def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np
     # digit, digit each): so these bounds hold, and nothing grows inside the loop.
     clusters = np.empty((total // 7 + 1, 3), dtype=np.int64)
     ibans = np.empty((total // 4 + 1, 3), dtype=np.int64)
-    n_clusters = n_ibans = 0
+    # An IPv6 candidate run takes >= 3 characters and the next run starts after a character outside it.
+    ipv6 = np.empty((total // 4 + 1, 3), dtype=np.int64)
+    n_clusters = n_ibans = n_ipv6 = 0
     for d in range(n_docs):
         n = _classify(data, offsets[d], offsets[d + 1], classes, kind)
         # _CLUSTER: [+(0-9] (?: [0-9.()-] | [ \t\u00a0](?![ \t\u00a0]) ){5,} [0-9], leftmost, greedy
@@ -106,7 +127,7 @@ def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np
                 i = j
         # _IBAN: [0-9](?<=[A-Za-z]{2}[0-9])[0-9](?: ?[A-Za-z0-9]){11,30}, at every start
         for i in range(2, n - 1):
-            if kind[i] != DIGIT or kind[i + 1] != DIGIT or kind[i - 1] != LETTER or kind[i - 2] != LETTER:
+            if kind[i] != DIGIT or kind[i + 1] != DIGIT or not (_LETTERS[kind[i - 1]] and _LETTERS[kind[i - 2]]):
                 continue
             j = i + 2
             reps = 0
@@ -124,4 +145,36 @@ def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np
                 ibans[n_ibans, 1] = i
                 ibans[n_ibans, 2] = j
                 n_ibans += 1
-    return clusters[:n_clusters].copy(), ibans[:n_ibans].copy()
+        # IPv6: maximal [0-9A-Fa-f:.] runs with a ":[0-9A-Fa-f:]", a digit, and "::" or six colons (an address
+        # without "::" has seven, or six before a dotted IPv4 tail). Found from their first colon.
+        i = 0
+        while i < n:
+            if kind[i] != COLON:
+                i += 1
+                continue
+            j = i
+            while j > 0 and _IPV6_RUN[kind[j - 1]]:
+                j -= 1
+            colons = 0
+            digit = False
+            double = False
+            hint = -1
+            while j < n and _IPV6_RUN[kind[j]]:
+                c = kind[j]
+                if c == COLON:
+                    colons += 1
+                    if j + 1 < n and _AFTER_HINT[kind[j + 1]]:
+                        if hint < 0:
+                            hint = j
+                        if kind[j + 1] == COLON:
+                            double = True
+                elif c == DIGIT:
+                    digit = True
+                j += 1
+            if hint >= 0 and digit and (double or colons >= 6):
+                ipv6[n_ipv6, 0] = d
+                ipv6[n_ipv6, 1] = hint
+                ipv6[n_ipv6, 2] = j
+                n_ipv6 += 1
+            i = j
+    return clusters[:n_clusters].copy(), ibans[:n_ibans].copy(), ipv6[:n_ipv6].copy()

@@ -216,10 +216,10 @@ _NOT_PII_BEFORE = re.compile(
 _CONTEXT_WINDOW = 48
 
 
-# What `_CLUSTER` and `_IBAN` match in one text, found by the compiled batch scan (`prescan`): (start, end)
-# pairs in code points, in order. None means: run the regexes.
-Prescanned = tuple[list[tuple[int, int]], list[tuple[int, int]]]
-_NOTHING: Final[Prescanned] = ([], [])
+# What `_CLUSTER` and `_IBAN` match in one text, and its IPv6 candidates (first hint's colon, end of its run),
+# found by the compiled batch scan (`prescan`): (start, end) pairs in code points, in order.
+Prescanned = tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]
+_NOTHING: Final[Prescanned] = ([], [], [])
 
 
 @functools.cache
@@ -230,9 +230,10 @@ def _ascii_classes() -> np.ndarray:
 
 
 def prescan(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> list[Prescanned]:
-    """Per text, the matches of the numeric-cluster and IBAN regexes, from one compiled pass over the batch's
-    UTF-8 (Python's regex engine tries both at every digit, most of the structured scan's time on number-heavy
-    text). Pass each as `detect_structured(..., prescanned=...)`: the detections are the same."""
+    """Per text, the matches of the numeric-cluster and IBAN regexes and the IPv6 candidates, from one compiled
+    pass over the batch's UTF-8 (Python's regex engine tries the first two at every digit, most of the
+    structured scan's time on number-heavy text). Pass each as `detect_structured(..., prescanned=...)`: the
+    detections are the same."""
     from llm_assets.curation.pii import _scan_kernels
 
     if not isinstance(texts, pa.Array | pa.ChunkedArray):
@@ -244,11 +245,11 @@ def prescan(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> list[Pr
     offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + n + 1]
     buffer = array.buffers()[2]
     data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.zeros(1, dtype=np.uint8)
-    clusters, ibans = _scan_kernels.scan(data, offsets, _ascii_classes())
-    by_cluster, by_iban = _spans_by_doc(clusters), _spans_by_doc(ibans)
+    clusters, ibans, ipv6 = _scan_kernels.scan(data, offsets, _ascii_classes())
+    by_cluster, by_iban, by_ipv6 = _spans_by_doc(clusters), _spans_by_doc(ibans), _spans_by_doc(ipv6)
     result: list[Prescanned] = [_NOTHING] * n
-    for doc in by_cluster.keys() | by_iban.keys():
-        result[doc] = (by_cluster.get(doc, []), by_iban.get(doc, []))
+    for doc in by_cluster.keys() | by_iban.keys() | by_ipv6.keys():
+        result[doc] = (by_cluster.get(doc, []), by_iban.get(doc, []), by_ipv6.get(doc, []))
     return result
 
 
@@ -264,9 +265,9 @@ def detect_structured(
     text: str, kinds: Collection[str] = STRUCTURED_KINDS, *, prescanned: Prescanned | None = None
 ) -> list[Detection]:
     """All structured detections of `kinds` in `text`, possibly overlapping across kinds, in no set order.
-    `prescanned` (this text's entry of `prescan`) replaces the cluster and IBAN regex scans; same result."""
+    `prescanned` (this text's entry of `prescan`) replaces the cluster, IBAN and IPv6 scans; same result."""
     want = frozenset(kinds)
-    clusters, ibans = prescanned if prescanned is not None else (None, None)
+    clusters, ibans, ipv6 = prescanned if prescanned is not None else (None, None, None)
     found: list[Detection] = []
     if "email" in want and "@" in text:
         _find_emails(text, found)
@@ -276,7 +277,7 @@ def detect_structured(
     if "iban" in want or want & _NUMERIC_KINDS:
         _find_ibans(text, found if "iban" in want else [], iban_shapes, ibans)
     if "ip_address" in want and ":" in text:
-        _find_ipv6(text, found)
+        _find_ipv6(text, found, ipv6)
     if want & _NUMERIC_KINDS:
         _find_numeric(text, want, found, iban_shapes, clusters)
     return found
@@ -337,17 +338,25 @@ def _find_ibans(
             found.append(("iban", start, pos, "iban_mod97", 0.99))
 
 
-def _find_ipv6(text: str, found: list[Detection]) -> None:
-    last_end = -1
+def _ipv6_hints(text: str) -> list[tuple[int, int]]:
+    """The first `_IPV6_HINT` of each maximal `[0-9A-Fa-f:.]` run: (its colon, the run's end). Later hints of
+    a run would read the same run."""
+    hints: list[tuple[int, int]] = []
+    run_end = -1
     for m in _IPV6_HINT.finditer(text):
         colon = m.start()
-        if colon < last_end:
-            continue
-        after = _IPV6_CHARS.match(text, colon)
+        if colon >= run_end:
+            run_end = _IPV6_CHARS.match(text, colon).end()  # type: ignore[union-attr]  # the colon is in it
+            hints.append((colon, run_end))
+    return hints
+
+
+def _find_ipv6(text: str, found: list[Detection], hints: list[tuple[int, int]] | None = None) -> None:
+    """IPv6 addresses around `hints` (`_ipv6_hints`, or the candidates `prescan` kept of them)."""
+    for colon, run_end in _ipv6_hints(text) if hints is None else hints:
         back = _IPV6_CHARS.match(text[colon - 1 : max(0, colon - 46) or None : -1]) if colon else None
         start = colon - (len(back.group()) if back else 0)
-        end = after.end() if after else colon + 1
-        last_end = end
+        end = run_end
         while end > start and text[end - 1] in ".:" and not text[start:end].endswith("::"):
             end -= 1
         while start < end and text[start] == ".":
