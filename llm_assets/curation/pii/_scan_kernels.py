@@ -38,6 +38,7 @@ _LETTERS = _members(LETTER, HEX)  # [A-Za-z]
 _ALNUM = _members(DIGIT, LETTER, HEX)  # [A-Za-z0-9]
 _IPV6_RUN = _members(DIGIT, HEX, COLON, DOT)  # [0-9A-Fa-f:.]
 _AFTER_HINT = _members(DIGIT, HEX, COLON)  # [0-9A-Fa-f:], after the hint's colon
+_MARKS = _members(DIGIT, PLUS, OPEN, COLON)  # where a cluster, an IBAN's digits or an IPv6 colon can begin
 
 
 def ascii_classes() -> np.ndarray:
@@ -63,15 +64,23 @@ def ascii_classes() -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _classify(data: np.ndarray, begin: int, end: int, classes: np.ndarray, out: np.ndarray) -> int:
+def _classify(
+    data: np.ndarray, begin: int, end: int, classes: np.ndarray, out: np.ndarray, marks: np.ndarray
+) -> tuple[int, int]:
     """The class of each code point of data[begin:end] (valid UTF-8) into `out`: ASCII by `classes`, U+00A0
-    NBSP, every other character OTHER. Returns how many code points."""
+    NBSP, every other character OTHER; and into `marks`, in order, the positions where a match can begin
+    (`_MARKS`: digits, '+', '(' and ':'). Returns how many code points and how many marks."""
     n = 0
+    m = 0
     i = begin
     while i < end:
         byte = data[i]
         if byte < 0x80:
-            out[n] = classes[byte]
+            c = classes[byte]
+            out[n] = c
+            if _MARKS[c]:
+                marks[m] = n
+                m += 1
             i += 1
         else:
             out[n] = NBSP if byte == 0xC2 and i + 1 < end and data[i + 1] == _NBSP else OTHER
@@ -79,18 +88,21 @@ def _classify(data: np.ndarray, begin: int, end: int, classes: np.ndarray, out: 
             while i < end and (data[i] & 0xC0) == 0x80:
                 i += 1
         n += 1
-    return n
+    return n, m
 
 
 @njit(cache=True, nogil=True)
 def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Over the docs data[offsets[d]:offsets[d + 1]]: the `_CLUSTER` matches, the `_IBAN` matches and the IPv6
-    candidate runs (first hint's colon, run end) as rows (doc, start, end), sorted by doc then start."""
+    candidate runs (first hint's colon, run end) as rows (doc, start, end), sorted by doc then start.
+
+    Each pass visits only the marked positions (`_classify`), so prose costs one classifying read."""
     n_docs = offsets.size - 1
     longest = 0
     for d in range(n_docs):
         longest = max(longest, offsets[d + 1] - offsets[d])
     kind = np.empty(longest + 1, dtype=np.uint8)
+    marks = np.empty(longest + 1, dtype=np.int64)
     total = offsets[n_docs] - offsets[0]
     # Clusters do not overlap and take >= 7 characters; two IBAN starts are >= 4 apart (letters, letters,
     # digit, digit each): so these bounds hold, and nothing grows inside the loop.
@@ -100,13 +112,13 @@ def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np
     ipv6 = np.empty((total // 4 + 1, 3), dtype=np.int64)
     n_clusters = n_ibans = n_ipv6 = 0
     for d in range(n_docs):
-        n = _classify(data, offsets[d], offsets[d + 1], classes, kind)
+        n, n_marks = _classify(data, offsets[d], offsets[d + 1], classes, kind, marks)
         # _CLUSTER: [+(0-9] (?: [0-9.()-] | [ \t\u00a0](?![ \t\u00a0]) ){5,} [0-9], leftmost, greedy
         i = 0
-        while i < n:
-            if not _STARTS[kind[i]]:
-                i += 1
+        for k in range(n_marks):
+            if marks[k] < i or not _STARTS[kind[marks[k]]]:
                 continue
+            i = marks[k]
             j = i + 1
             last_digit = -1
             while j < n:
@@ -126,7 +138,10 @@ def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np
                 # Every start inside the run ends at the same last digit, even less far from it: all fail too.
                 i = j
         # _IBAN: [0-9](?<=[A-Za-z]{2}[0-9])[0-9](?: ?[A-Za-z0-9]){11,30}, at every start
-        for i in range(2, n - 1):
+        for k in range(n_marks):
+            i = marks[k]
+            if i < 2 or i >= n - 1:
+                continue
             if kind[i] != DIGIT or kind[i + 1] != DIGIT or not (_LETTERS[kind[i - 1]] and _LETTERS[kind[i - 2]]):
                 continue
             j = i + 2
@@ -148,11 +163,10 @@ def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np
         # IPv6: maximal [0-9A-Fa-f:.] runs with a ":[0-9A-Fa-f:]", a digit, and "::" or six colons (an address
         # without "::" has seven, or six before a dotted IPv4 tail). Found from their first colon.
         i = 0
-        while i < n:
-            if kind[i] != COLON:
-                i += 1
+        for k in range(n_marks):
+            if marks[k] < i or kind[marks[k]] != COLON:
                 continue
-            j = i
+            j = marks[k]
             while j > 0 and _IPV6_RUN[kind[j - 1]]:
                 j -= 1
             colons = 0
