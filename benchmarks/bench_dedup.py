@@ -10,13 +10,15 @@ One run, one machine, the same input for everyone:
     ours, loading its compiled normalisation loop are excluded: done before the clock starts); MB/CPU-s is
     the same bytes over the user+sys CPU seconds the subprocess tree spent after that point (worker
     processes a tool starts later are counted whole): the per-core rate.
-  * Ours reads the shards twice (index, apply) and writes kept + rejects Parquet; the per-phase lines
-    split out "find duplicates" (read each shard's id and text, normalise, hash, resolve: what every
-    document must go through before anything can be dropped), the apply pass (read again, drop, write kept +
-    rejects) and all Parquet I/O, so "dedup work" is what the dedup code itself costs.
+  * Ours, as the chain's dedup stage: reads each shard's Parquet once (index pass) and keeps an uncompressed
+    Arrow copy in local scratch that the verification and apply passes read back, and writes kept + rejects
+    Parquet; the per-phase lines split out "find duplicates" (read each shard, copy it to scratch, normalise,
+    hash, resolve: what every document must go through before anything can be dropped), the apply pass
+    (read the copy, drop, write kept + rejects) and all Parquet I/O, so "dedup work" is what the dedup code
+    itself costs (the scratch copy included).
 
 Tools (threshold 0.8, 128 permutations, word 5-grams everywhere):
-  ours-exact   DedupIndex(exact only): read shards -> add_batch -> resolve -> apply_plan -> write Parquet
+  ours-exact   DedupIndex(exact only): read shards (+ scratch copy) -> add_batch -> resolve -> apply_plan -> write
   ours-near    the same with exact + near (MinHash LSH, 16 bands x 8 rows, verified), with the optional extra
                read pass that settles candidate pairs within 0.1 of the threshold on exact shingle sets
   ours-near-est  ours-near without that pass (every pair decided on the 128-permutation estimate)
@@ -100,6 +102,7 @@ IMPORTS = {
 
 def run_ours(data: Path, work: Path, mode: str, workers: int, exact_pass: bool = True) -> dict[str, str]:
     from llm_assets.curation.dedup import DedupConfig, DedupIndex, apply_plan
+    from llm_assets.curation.spill import ShardSpill
 
     config = DedupConfig(near=mode != "exact", paragraph_level=mode == "full")
     out = work / "ours"
@@ -129,21 +132,29 @@ def run_ours(data: Path, work: Path, mode: str, workers: int, exact_pass: bool =
         )
         PHASES["parquet_io"] += time.perf_counter() - started
 
-    with DedupIndex(config, workers=workers) as index:
-        for path in shard_files(data):
-            index.add_batch(read(path, ["id", "text"]), partition=path.stem)
-        phase("index")
-        if exact_pass and index.verification_ids():
+    # As the chain's dedup stage does (pipeline.dedup_sources): the index pass reads each shard's Parquet
+    # once and keeps an uncompressed Arrow copy in local scratch, which the later passes read back.
+    with tempfile.TemporaryDirectory(prefix="dedup-", dir=work) as scratch:
+        spill = ShardSpill(Path(scratch))
+        with DedupIndex(config, workers=workers) as index:
             for path in shard_files(data):
-                index.add_shingle_sets(read(path, ["id", "text"]))
-        phase("verify")
-        plan = index.resolve()
-        phase("resolve")
-    for path in shard_files(data):
-        result = apply_plan(read(path), plan)
-        write(result.kept, out / f"{path.stem}.kept.parquet")
-        write(result.rejects, out / f"{path.stem}.rejects.parquet")
-    phase("apply")
+                table = read(path)
+                spill.add(path.stem, table)
+                index.add_batch(table.select(["id", "text"]), partition=path.stem)
+            phase("index")
+            if exact_pass and index.verification_ids():
+                for path in shard_files(data):
+                    for table in spill.tables(path.stem):
+                        index.add_shingle_sets(table.select(["id", "text"]))
+            phase("verify")
+            plan = index.resolve()
+            phase("resolve")
+        for path in shard_files(data):
+            for table in spill.tables(path.stem):
+                result = apply_plan(table, plan)
+                write(result.kept, out / f"{path.stem}.kept.parquet")
+                write(result.rejects, out / f"{path.stem}.rejects.parquet")
+        phase("apply")
     return {doc: kept for doc, (_, kept, _) in plan.drop_ids.items()}
 
 
@@ -474,10 +485,10 @@ def main() -> None:
         )
 
     print(
-        "\nours, by phase: index = read shards (id, text) + normalise + hash (MB/s); verify = the optional extra "
-        "read pass for borderline pairs; find duplicates = index + verify + resolve (MB/s); apply = read + "
-        "apply_plan + write (MB/s); Parquet I/O = all reads and writes (s); dedup work = the total without "
-        "Parquet I/O (MB/s)"
+        "\nours, by phase: index = read shards + scratch copy + normalise + hash (MB/s); verify = the optional "
+        "extra pass over the copy for borderline pairs; find duplicates = index + verify + resolve (MB/s); apply = "
+        "read the copy + apply_plan + write (MB/s); Parquet I/O = all Parquet reads and writes (s); dedup work = "
+        "the total without Parquet I/O (MB/s)"
     )
     for tool, row in rows.items():
         phases: dict[str, float] = row["phases"]

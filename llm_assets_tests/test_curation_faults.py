@@ -21,6 +21,7 @@ from llm_assets.curation.normalize import NormalizeConfig
 from llm_assets.curation.perplexity import CharNgramLM, PerplexityConfig
 from llm_assets.curation.pii.policy import load_policy
 from llm_assets.curation.pii.scrub import PII_EVENT_SCHEMA
+from llm_assets.curation.spill import ShardSpill
 from llm_assets.ingestion.run import ingest_source
 from llm_assets.lake import LocalLakeStorage, ShardWriter, read_dataset, read_manifest
 from llm_assets.schemas import QUALITY_SCHEMA
@@ -83,6 +84,38 @@ def test_dedup_killed_with_sigkill_reruns_to_the_same_output(tmp_path: Path) -> 
     child.wait()
     pipeline.dedup_sources(killed, list(SOURCES), DedupConfig(), max_rows_per_shard=50)
     assert dedup_versions(killed) == expected
+
+
+def test_dedup_decodes_each_input_shard_once_and_passes_it_on_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verification and filtering passes read the index pass's local copy, not the lake's Parquet again,
+    and filter the same tables: the output equals that of a run reading the lake every time."""
+    storage = prepared_lake(tmp_path / "lake")
+    reads: list[str] = []
+    real_iter_shards = pipeline.iter_shards
+
+    def counted(storage: LocalLakeStorage, manifest: object, **kw: object) -> object:
+        for table in real_iter_shards(storage, manifest, **kw):  # type: ignore[arg-type]
+            reads.append(manifest.dataset)  # type: ignore[attr-defined]
+            yield table
+
+    monkeypatch.setattr(pipeline, "iter_shards", counted)
+    # near-threshold verification on: the pass that read the shards a second time
+    run, _ = pipeline.dedup_sources(storage, list(SOURCES), DedupConfig(), max_rows_per_shard=50)
+    shards = sum(len(read_manifest(storage, pipeline.PII_SCRUBBED, s).shards) for s in SOURCES)
+    assert reads == [pipeline.PII_SCRUBBED] * shards
+    assert run.stats["clusters"] > 0
+
+    spilled = ShardSpill(tmp_path)
+    table = pa.table({"id": ["a", "b"], "text": ["x" * 70_000, None]}).replace_schema_metadata({b"k": b"v"})
+    spilled.add("beta", table)
+    spilled.add("alpha", table.slice(1))
+    spilled.add("beta", table.slice(0, 1))
+    back = list(spilled.tables("beta"))
+    assert len(back) == 2
+    assert all(t.equals(e, check_metadata=True) for t, e in zip(back, [table, table.slice(0, 1)], strict=True))
+    assert [t.num_rows for t in spilled.tables("alpha")] == [1] and list(spilled.tables("gamma")) == []
 
 
 def test_hostile_input_is_counted_not_fatal(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from llm_assets.curation.perplexity import (
 from llm_assets.curation.pii.policy import PiiPolicy
 from llm_assets.curation.pii.scrub import scrub_batch
 from llm_assets.curation.quality import QualityConfig, quality_filter_batch
+from llm_assets.curation.spill import ShardSpill
 from llm_assets.curation.splits import tag_batch
 from llm_assets.curation.stage import StageOutput
 from llm_assets.lake import DatasetManifest, LakeError, LakeStorage, ShardWriter, iter_shards, read_manifest
@@ -176,10 +177,13 @@ def run_batch_stage(
     progress: Callable[[str], Any] = log.info,
     extra: Mapping[str, Any] | None = None,
     on_kept: Callable[[pa.Table], Any] | None = None,
+    read_shards: Callable[[str, DatasetManifest], Iterable[pa.Table]] | None = None,
 ) -> StageRun:
     """Streams every shard of `input_dataset` for each source through `batch_fn(table, source)`.
 
     `on_kept` sees every kept batch as it is written (for figures and plots, without reading it back).
+    `read_shards(source, manifest)` replaces reading the manifest's shards from the lake (a stage that has
+    read them before and kept a local copy, as dedup does).
     """
     run = StageRun(stage=stage, dataset=output_dataset)
     started = time.monotonic()
@@ -207,7 +211,7 @@ def run_batch_stage(
                 if events_dataset and events_schema is not None
                 else None
             )
-            for shard in iter_shards(storage, manifest):
+            for shard in iter_shards(storage, manifest) if read_shards is None else read_shards(source, manifest):
                 run.bytes_in += _text_bytes(shard)
                 out = batch_fn(shard, source)
                 if out.kept.num_rows + out.rejects.num_rows != shard.num_rows:
@@ -371,40 +375,42 @@ def dedup_sources(
     done = frozen_partitions(frozen) if frozen is not None else set()
     todo = sorted(s for s in sources if s not in done)
 
-    def ids_and_texts(source: str) -> Iterator[pa.Table]:
-        """What the index passes read of a shard: the other columns are only needed when filtering."""
-        return iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source), columns=["id", "text"])
-
-    with DedupIndex.from_frozen(frozen, config) if frozen is not None else DedupIndex(config) as index:
-        for source in todo:
-            for shard in ids_and_texts(source):
-                index.add_batch(shard, partition=source)
-            progress(f"dedup: indexed source '{source}' ({len(index)} documents so far)")
-        if index.verification_ids(incremental=frozen is not None):
-            # Pairs near the threshold are decided on exact shingle sets: one more read of the shards.
+    with tempfile.TemporaryDirectory(prefix="dedup-") as scratch:
+        spill = ShardSpill(Path(scratch))
+        with DedupIndex.from_frozen(frozen, config) if frozen is not None else DedupIndex(config) as index:
             for source in todo:
-                for shard in ids_and_texts(source):
-                    index.add_shingle_sets(shard)
-            progress("dedup: verified near-threshold pairs on exact shingle sets")
-        plan = index.resolve(incremental=frozen is not None)
-        frozen_next = index.freeze(plan)
-    with ShardWriter(storage, DEDUP_CLUSTERS, None, plan.clusters.schema, max_rows_per_shard=max_rows_per_shard) as w:
-        w.write(plan.clusters)
-        clusters_manifest = w.commit(extra={"config": config.model_dump(), "incremental": frozen is not None})
-    run = run_batch_stage(
-        storage,
-        stage="dedup",
-        input_dataset=PII_SCRUBBED,
-        output_dataset=DEDUPLICATED,
-        output_schema=RECORD_SCHEMA,
-        sources=todo,
-        batch_fn=lambda table, _source: apply_plan(table, plan),
-        events_dataset=DEDUP_PARAGRAPH_EVENTS,
-        events_schema=PARAGRAPH_EVENT_SCHEMA,
-        max_rows_per_shard=max_rows_per_shard,
-        progress=progress,
-        extra={"clusters_data_version": clusters_manifest.data_version, "incremental": frozen is not None},
-    )
+                for shard in iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source)):
+                    spill.add(source, shard)
+                    index.add_batch(shard.select(["id", "text"]), partition=source)
+                progress(f"dedup: indexed source '{source}' ({len(index)} documents so far)")
+            if index.verification_ids(incremental=frozen is not None):
+                # Pairs near the threshold are decided on exact shingle sets: one more pass over the shards.
+                for source in todo:
+                    for shard in spill.tables(source):
+                        index.add_shingle_sets(shard.select(["id", "text"]))
+                progress("dedup: verified near-threshold pairs on exact shingle sets")
+            plan = index.resolve(incremental=frozen is not None)
+            frozen_next = index.freeze(plan)
+        with ShardWriter(
+            storage, DEDUP_CLUSTERS, None, plan.clusters.schema, max_rows_per_shard=max_rows_per_shard
+        ) as w:
+            w.write(plan.clusters)
+            clusters_manifest = w.commit(extra={"config": config.model_dump(), "incremental": frozen is not None})
+        run = run_batch_stage(
+            storage,
+            stage="dedup",
+            input_dataset=PII_SCRUBBED,
+            output_dataset=DEDUPLICATED,
+            output_schema=RECORD_SCHEMA,
+            sources=todo,
+            batch_fn=lambda table, _source: apply_plan(table, plan),
+            events_dataset=DEDUP_PARAGRAPH_EVENTS,
+            events_schema=PARAGRAPH_EVENT_SCHEMA,
+            max_rows_per_shard=max_rows_per_shard,
+            progress=progress,
+            extra={"clusters_data_version": clusters_manifest.data_version, "incremental": frozen is not None},
+            read_shards=lambda source, _manifest: spill.tables(source),
+        )
     for source in sorted(done.intersection(sources)):
         # Untouched by an incremental run, but part of this version of the asset.
         run.manifests[source] = input_manifest(storage, DEDUPLICATED, source)
