@@ -251,9 +251,10 @@ def normalize_source(
 ) -> StageRun:
     """Two passes over one source: count lines across documents (boilerplate), then normalise.
 
-    Pass 1 prepares every shard (every step but boilerplate removal) and spills the prepared texts to a local
-    scratch file (lz4), so pass 2 only removes boilerplate instead of preparing everything again; memory stays
-    bounded by one shard, local disk by the source's text.
+    Pass 1 prepares every shard (every step but boilerplate removal) and spills the prepared texts, their
+    candidate lines and the shard itself to local scratch files (uncompressed Arrow), so pass 2 only removes
+    boilerplate, without preparing or decoding anything again; memory stays bounded by one shard, local disk
+    by about twice the source's text.
     """
     manifest = input_manifest(storage, RAW, source)
     counts = LineCounts()
@@ -265,6 +266,8 @@ def normalize_source(
         lines_spill = str(Path(scratch) / "lines.arrows")  # pass 2 removes lines by these, not found again
         # uncompressed: local scratch read back once, where lz4 cost ~5 % of the stage for nothing kept
         options = pa.ipc.IpcWriteOptions(compression=None, use_threads=False)
+        (Path(scratch) / "shards").mkdir()
+        shards = ShardSpill(Path(scratch) / "shards")
         with (
             pa.OSFile(spill, "wb") as sink,
             pa.ipc.new_stream(sink, spill_schema, options=options) as writer,
@@ -272,6 +275,7 @@ def normalize_source(
             pa.ipc.new_stream(lines_sink, lines_schema, options=options) as lines_writer,
         ):
             for shard in iter_shards(storage, manifest):
+                shards.add(source, shard)
                 texts, shard_changes = prepare_text_array(shard.column("text"), config)
                 lines = count_prepared_lines(texts, config, counts)
                 writer.write_batch(pa.record_batch([texts], schema=spill_schema))
@@ -304,6 +308,7 @@ def normalize_source(
                 batch_fn=normalize,
                 max_rows_per_shard=max_rows_per_shard,
                 extra={"boilerplate_lines": len(boilerplate)},
+                read_shards=lambda source, _manifest: shards.tables(source),
                 **kw,
             )
     run.stats["boilerplate_line_patterns"] = len(boilerplate)
