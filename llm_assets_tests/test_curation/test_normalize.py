@@ -371,3 +371,43 @@ def test_every_character_a_form_changes_is_flagged() -> None:
         changed = (chars.str.normalize(form) != chars).to_numpy()
         assert normalize._unstable_code_points(form)[points[changed]].all(), form
         assert not normalize._unstable_code_points(form)[np.arange(0x80)].any()
+
+
+# Lines with the characters that matter: newlines (runs of them), Python white space at the ends, others.
+LINE_PIECES = ["\n", "\n\n\n", " ", "\t", "\u3000", "\x1c", "\u00a0", "a", "Ω", "line", "", "\r"]
+
+
+@settings(max_examples=300, deadline=None)
+@example(texts=["", "\n\n", "a\nb\nc"], seed=1)
+@example(texts=["x\n\n\n\ny\n \n", "\u3000only\u3000"], seed=2)
+@given(
+    texts=st.lists(st.lists(st.sampled_from(LINE_PIECES), max_size=25).map("".join), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_boilerplate_removal_in_polars_equals_the_python_definition(texts: list[str], seed: int) -> None:
+    """`_remove_lines` (polars passes) gives `_remove_lines_python`'s texts, with and without white-space
+    standardisation, for every choice of documents and line positions."""
+    import polars as pl
+
+    from llm_assets.curation.normalize import _remove_lines, _remove_lines_python
+
+    rng = random.Random(seed)
+    drops = {
+        doc: sorted(rng.sample(range(text.count("\n") + 1), rng.randint(1, text.count("\n") + 1)))
+        for doc, text in enumerate(texts)
+        if rng.random() < 0.7
+    }
+    if not drops:
+        return
+    pairs = pl.DataFrame(
+        {"doc": [d for d, ps in drops.items() for _ in ps], "position": [p for ps in drops.values() for p in ps]},
+        schema={"doc": pl.Int64, "position": pl.Int64},
+    ).sample(fraction=1.0, shuffle=True, seed=seed)
+    array = pa.array(texts, pa.large_string())
+    for standardise in (True, False):
+        docs, out = _remove_lines(array, pairs, standardise)
+        assert docs.tolist() == sorted(drops)
+        expected = _remove_lines_python(
+            [texts[d] for d in sorted(drops)], [drops[d] for d in sorted(drops)], standardise
+        )
+        assert out.to_pylist() == expected
