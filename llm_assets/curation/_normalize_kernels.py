@@ -249,3 +249,66 @@ def rows_with_flagged(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray, f
                 break
             i += width
     return out
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, nogil=True)
+def count_keys_per_doc(
+    slot_keys: np.ndarray, slot_counts: np.ndarray, slot_last: np.ndarray, docs: np.ndarray, keys: np.ndarray
+) -> int:
+    """Add each key to the open-addressing table (power-of-two size, slot_last < 0 where empty), counting it
+    once per document: `docs` must group each document's keys together (ascending, as the candidate lines
+    come). Returns how many new keys took a slot; the caller keeps the table at most half full."""
+    log2 = 0
+    while (1 << log2) < slot_keys.size:
+        log2 += 1
+    shift = np.uint64(64 - log2)
+    mask = slot_keys.size - 1
+    added = 0
+    for i in range(keys.size):
+        key = keys[i]
+        doc = docs[i]
+        slot = np.int64((key * _GOLDEN) >> shift)
+        while True:
+            last = slot_last[slot]
+            if last < 0:
+                slot_keys[slot] = key
+                slot_counts[slot] = 1
+                slot_last[slot] = doc
+                added += 1
+                break
+            if slot_keys[slot] == key:
+                if last != doc:
+                    slot_counts[slot] += 1
+                    slot_last[slot] = doc
+                break
+            slot = (slot + 1) & mask
+    return added
+
+
+@njit(cache=True, nogil=True)
+def rehash(
+    old_keys: np.ndarray,
+    old_counts: np.ndarray,
+    old_last: np.ndarray,
+    slot_keys: np.ndarray,
+    slot_counts: np.ndarray,
+    slot_last: np.ndarray,
+) -> None:
+    """Move every occupied slot of the old table (its key, count and last document) into the new, empty one."""
+    log2 = 0
+    while (1 << log2) < slot_keys.size:
+        log2 += 1
+    shift = np.uint64(64 - log2)
+    mask = slot_keys.size - 1
+    for i in range(old_keys.size):
+        if old_last[i] < 0:
+            continue
+        slot = np.int64((old_keys[i] * _GOLDEN) >> shift)
+        while slot_last[slot] >= 0:
+            slot = (slot + 1) & mask
+        slot_keys[slot] = old_keys[i]
+        slot_counts[slot] = old_counts[i]
+        slot_last[slot] = old_last[i]

@@ -487,25 +487,57 @@ def _chunks(texts: Iterable[str]) -> Iterator[list[str]]:
 
 
 class LineCounts:
-    """In how many documents each candidate line key occurs, as sorted numpy arrays (16 bytes a distinct
-    line, ~10x less than a dict of bytes), compacted as documents stream in."""
+    """In how many documents each candidate line key occurs: an open-addressing table of keys, counts and the
+    last document counted (24 bytes a slot, at most half full), filled by a compiled loop, so a shard's
+    candidate lines are counted in one pass with no sort or unique; sorted numpy arrays, compacted as keys
+    stream in, where numba cannot load."""
 
-    _COMPACT_EVERY = 1 << 20  # pending keys before they are merged into the sorted arrays
+    _COMPACT_EVERY = 1 << 20  # pending keys before they are merged into the sorted arrays (no numba)
 
     def __init__(self) -> None:
+        self._docs_seen = 0
+        self._used = 0
+        self._slot_keys = np.zeros(1 << 10, dtype=np.uint64)
+        self._slot_counts = np.zeros(1 << 10, dtype=np.int64)
+        self._slot_last = np.full(1 << 10, -1, dtype=np.int64)
         self._keys = np.empty(0, dtype=np.uint64)
         self._counts = np.empty(0, dtype=np.int64)
         self._pending: list[np.ndarray] = []
         self._pending_size = 0
 
-    def add(self, keys: np.ndarray) -> None:
-        """The candidate line keys of some documents, each key at most once per document."""
+    def add(self, keys: np.ndarray, docs: np.ndarray | None = None) -> None:
+        """Some documents' candidate line keys; `docs` numbers their documents (0, 1, ... within this call,
+        ascending), each key counting once per document. Without `docs`, each key is one document's."""
+        keys = np.asarray(keys, dtype=np.uint64)
         if not len(keys):
             return
-        self._pending.append(np.asarray(keys, dtype=np.uint64))
-        self._pending_size += len(keys)
-        if self._pending_size >= self._COMPACT_EVERY:
-            self._compact()
+        docs = np.arange(len(keys), dtype=np.int64) if docs is None else np.asarray(docs, dtype=np.int64)
+        if len(docs) != len(keys) or (len(docs) > 1 and bool((np.diff(docs) < 0).any())):
+            raise ValueError("LineCounts.add: docs must be ascending, one per key")
+        first = self._docs_seen
+        self._docs_seen += int(docs[-1]) + 1
+        kernels = _normalize_kernels()
+        if kernels is None:  # pragma: no cover - numba is a dependency
+            unique = pl.DataFrame({"doc": docs, "key": keys}).unique(["doc", "key"]).get_column("key").to_numpy()
+            self._pending.append(unique)
+            self._pending_size += len(unique)
+            if self._pending_size >= self._COMPACT_EVERY:
+                self._compact()
+            return
+        while 2 * (self._used + len(keys)) > len(self._slot_keys):
+            self._grow()
+        self._used += kernels.count_keys_per_doc(
+            self._slot_keys, self._slot_counts, self._slot_last, docs + first, keys
+        )
+
+    def _grow(self) -> None:
+        """Twice the slots, the occupied ones moved over with their counts."""
+        size = 2 * len(self._slot_keys)
+        keys, counts, last = self._slot_keys, self._slot_counts, self._slot_last
+        self._slot_keys = np.zeros(size, dtype=np.uint64)
+        self._slot_counts = np.zeros(size, dtype=np.int64)
+        self._slot_last = np.full(size, -1, dtype=np.int64)
+        _normalize_kernels().rehash(keys, counts, last, self._slot_keys, self._slot_counts, self._slot_last)
 
     def _compact(self) -> None:
         if not self._pending:
@@ -517,26 +549,34 @@ class LineCounts:
         self._counts = np.bincount(inverse, weights=weights, minlength=len(self._keys)).astype(np.int64)
         self._pending, self._pending_size = [], 0
 
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys ascending, their counts)."""
+        self._compact()
+        occupied = self._slot_last >= 0
+        keys = np.concatenate([self._keys, self._slot_keys[occupied]])
+        counts = np.concatenate([self._counts, self._slot_counts[occupied]])
+        order = np.argsort(keys, kind="stable")
+        return keys[order], counts[order]
+
     def at_least(self, floor: float) -> frozenset[int]:
         """Keys of the lines counted in at least `floor` documents."""
-        self._compact()
-        return frozenset(self._keys[self._counts >= floor].tolist())
+        keys, counts = self._sorted()
+        return frozenset(keys[counts >= floor].tolist())
 
     def __len__(self) -> int:
         self._compact()
-        return len(self._keys)
+        return len(self._keys) + self._used
 
     def max_count(self) -> int:
         """The most documents any one line occurs in (0 when nothing was counted)."""
-        self._compact()
-        return int(self._counts.max()) if len(self._counts) else 0
+        _, counts = self._sorted()
+        return int(counts.max()) if len(counts) else 0
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LineCounts):
             return NotImplemented
-        self._compact()
-        other._compact()
-        return np.array_equal(self._keys, other._keys) and np.array_equal(self._counts, other._counts)
+        mine, theirs = self._sorted(), other._sorted()
+        return np.array_equal(mine[0], theirs[0]) and np.array_equal(mine[1], theirs[1])
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -547,7 +587,7 @@ def count_prepared_lines(
     """Adds the candidate lines of already prepared texts (see `prepare_text_array`) to `counts`; returns them
     (doc, position, key), which pass 2 can take as `normalize_batch(lines=...)` instead of finding them again."""
     lines = _candidate_lines(prepared, config)
-    counts.add(lines.unique(["doc", "key"]).get_column("key").to_numpy())
+    counts.add(lines.get_column("key").to_numpy(), lines.get_column("doc").to_numpy())
     return lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from ftfy.badness import is_bad
@@ -411,3 +412,36 @@ def test_boilerplate_removal_in_polars_equals_the_python_definition(texts: list[
             [texts[d] for d in sorted(drops)], [drops[d] for d in sorted(drops)], standardise
         )
         assert out.to_pylist() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shards=st.lists(
+        st.lists(st.lists(st.integers(0, 40), max_size=12), max_size=8),  # documents of line keys, per shard
+        max_size=5,
+    ),
+    compiled=st.booleans(),
+)
+def test_line_counts_count_each_key_once_per_document(shards: list[list[list[int]]], compiled: bool) -> None:
+    """The compiled table (grown from 1,024 slots as keys arrive) and the sorted-array fallback both count, per
+    key, the documents holding it, across calls; a key repeated in one document counts once."""
+    from llm_assets.curation import normalize
+
+    with pytest.MonkeyPatch.context() as patch:
+        if not compiled:
+            patch.setattr(normalize, "_normalize_kernels", lambda: None)
+        expected: Counter[int] = Counter()
+        counts = normalize.LineCounts()
+        spread = 2**61 + 12_345  # many distinct 64-bit keys, so the table grows past its first size
+        for shard in shards:
+            docs = [d for d, keys in enumerate(shard) for _ in keys]
+            keys = [k * spread % 2**64 for keys in shard for k in keys]
+            for doc_keys in shard:
+                expected.update({k * spread % 2**64 for k in doc_keys})
+            counts.add(np.array(keys, dtype=np.uint64), np.array(docs, dtype=np.int64))
+        counts.add(np.arange(3000, dtype=np.uint64) + 2**40)  # one document each
+        expected.update(int(k) + 2**40 for k in range(3000))
+        assert len(counts) == len(expected)
+        assert counts.max_count() == max(expected.values())
+        for floor in (1, 2, 3):
+            assert counts.at_least(floor) == frozenset(k for k, n in expected.items() if n >= floor)
