@@ -108,16 +108,30 @@ def test_normalize_and_dedup_decode_each_input_shard_once(tmp_path: Path, monkey
     }
     assert reads == shards
     assert run.stats["clusters"] > 0
+    copied = dedup_versions(storage)
 
-    spilled = ShardSpill(tmp_path)
+    # Without room for copies, the later passes read the lake again and write the same output.
+    reads.clear()
+    monkeypatch.setattr(pipeline, "ShardSpill", lambda folder: ShardSpill(folder, max_bytes=0))
+    pipeline.dedup_sources(storage, list(SOURCES), DedupConfig(), max_rows_per_shard=50)
+    assert dedup_versions(storage) == copied
+    assert reads[pipeline.PII_SCRUBBED] == 3 * shards[pipeline.PII_SCRUBBED]  # index, verification, apply
+
+
+def test_shard_spill_gives_back_what_it_was_given_within_its_budget(tmp_path: Path) -> None:
     table = pa.table({"id": ["a", "b"], "text": ["x" * 70_000, None]}).replace_schema_metadata({b"k": b"v"})
-    spilled.add("beta", table)
-    spilled.add("alpha", table.slice(1))
-    spilled.add("beta", table.slice(0, 1))
+    spilled = ShardSpill(tmp_path)
+    assert spilled.add("beta", table) and spilled.add("alpha", table.slice(1)) and spilled.add("beta", table[:1])
     back = list(spilled.tables("beta"))
     assert len(back) == 2
     assert all(t.equals(e, check_metadata=True) for t, e in zip(back, [table, table.slice(0, 1)], strict=True))
     assert [t.num_rows for t in spilled.tables("alpha")] == [1] and list(spilled.tables("gamma")) == []
+
+    small = ShardSpill(tmp_path, max_bytes=table.nbytes + 100)  # room for the first copy only
+    assert small.add("s", table) and not small.add("s", table)
+    assert [t.num_rows for t in small.tables("s", reread=lambda n: table.slice(0, n))] == [2, 1]
+    with pytest.raises(RuntimeError, match="shard 1 of source 's' was not copied"):
+        list(small.tables("s"))
 
 
 def test_hostile_input_is_counted_not_fatal(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ keep one lake partition per source even for global stages, so later stages strea
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -308,7 +309,7 @@ def normalize_source(
                 batch_fn=normalize,
                 max_rows_per_shard=max_rows_per_shard,
                 extra={"boilerplate_lines": len(boilerplate)},
-                read_shards=lambda source, _manifest: shards.tables(source),
+                read_shards=lambda source, manifest: shards.tables(source, _reread(storage, manifest)),
                 **kw,
             )
     run.stats["boilerplate_line_patterns"] = len(boilerplate)
@@ -382,16 +383,17 @@ def dedup_sources(
 
     with tempfile.TemporaryDirectory(prefix="dedup-") as scratch:
         spill = ShardSpill(Path(scratch))
+        manifests = {source: input_manifest(storage, PII_SCRUBBED, source) for source in todo}
         with DedupIndex.from_frozen(frozen, config) if frozen is not None else DedupIndex(config) as index:
             for source in todo:
-                for shard in iter_shards(storage, input_manifest(storage, PII_SCRUBBED, source)):
+                for shard in iter_shards(storage, manifests[source]):
                     spill.add(source, shard)
                     index.add_batch(shard.select(["id", "text"]), partition=source)
                 progress(f"dedup: indexed source '{source}' ({len(index)} documents so far)")
             if index.verification_ids(incremental=frozen is not None):
                 # Pairs near the threshold are decided on exact shingle sets: one more pass over the shards.
                 for source in todo:
-                    for shard in spill.tables(source):
+                    for shard in spill.tables(source, _reread(storage, manifests[source])):
                         index.add_shingle_sets(shard.select(["id", "text"]))
                 progress("dedup: verified near-threshold pairs on exact shingle sets")
             plan = index.resolve(incremental=frozen is not None)
@@ -414,7 +416,7 @@ def dedup_sources(
             max_rows_per_shard=max_rows_per_shard,
             progress=progress,
             extra={"clusters_data_version": clusters_manifest.data_version, "incremental": frozen is not None},
-            read_shards=lambda source, _manifest: spill.tables(source),
+            read_shards=lambda source, manifest: spill.tables(source, _reread(storage, manifest)),
         )
     for source in sorted(done.intersection(sources)):
         # Untouched by an incremental run, but part of this version of the asset.
@@ -424,6 +426,11 @@ def dedup_sources(
     run.stats["clusters"] = len(set(plan.clusters.column("cluster_id").to_pylist()))
     run.stats["frozen_sources"] = sorted(done)
     return run, clusters_manifest
+
+
+def _reread(storage: LakeStorage, manifest: DatasetManifest) -> Callable[[int], pa.Table]:
+    """Shard n of `manifest`, read from the lake again: for a `ShardSpill` that had no room for its copy."""
+    return lambda number: next(iter_shards(storage, dataclasses.replace(manifest, shards=(manifest.shards[number],))))
 
 
 def quality_sources(storage: LakeStorage, sources: Sequence[str], config: QualityConfig, **kw: Any) -> StageRun:
