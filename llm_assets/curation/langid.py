@@ -166,22 +166,21 @@ def _refine_close_languages(
     languages: list[str],
     scores: list[float],
     sample_chars: int,
-    ranked: Mapping[int, list[tuple[str, float]]] | None = None,
+    ranked: Mapping[int, list[tuple[str, float]]],
 ) -> None:
     """Choose within a close-language group: lingua for `CLOSE_LANGUAGE_GROUPS`, the standards' own markers
     for Serbian/Croatian/Bosnian (`serbo_croatian`). The score becomes P(group) x the chooser's confidence
     (1 for the marker rules, which only act on evidence and otherwise keep fastText's answer).
 
-    P(group) sums fastText's probabilities of the group's members (its top-1 alone splits between them,
-    so a clear Norwegian text can score 0.5 and fail `min_language_score`).
+    P(group) sums fastText's probabilities of the group's members in `ranked` (its top `REFINE_TOP_K` of each
+    such text; its top-1 alone splits between them, so a clear Norwegian text can score 0.5 and fail
+    `min_language_score`).
     """
     group_of = {label: g for g, members in enumerate(CLOSE_LANGUAGE_GROUPS) for label in members}
     marked = {label: chooser for chooser in MARKER_CHOOSERS for label in chooser.GROUP}
     todo = [i for i, language in enumerate(languages) if language in group_of or language in marked]
     if not todo:
         return
-    if ranked is None:
-        ranked = dict(zip(todo, _predict([texts[i] for i in todo], REFINE_TOP_K, sample_chars), strict=True))
     for i in todo:
         chooser = marked.get(languages[i])
         if chooser is not None:
