@@ -140,3 +140,103 @@ def stable_order(values: np.ndarray, size: int) -> np.ndarray:
         order[starts[v]] = i
         starts[v] += 1
     return order
+
+
+# `perplexity._character_tables` flags, per code point
+CASE_IGNORABLE = 1
+CASED = 2  # cased and not case-ignorable: what ends the scans of Python's Final_Sigma rule
+DECIMAL = 4  # matched by the regex \d (str.isdecimal)
+SPACE = 8  # str.isspace: what str.split() splits on
+_CAPITAL_SIGMA = 0x3A3
+_CAPITAL_I_WITH_DOT = 0x130  # the one code point whose str.lower() is two: "i" + COMBINING DOT ABOVE
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _final_sigma(cps: np.ndarray, begin: int, end: int, i: int, props: np.ndarray) -> bool:
+    """CPython's rule for lowercasing U+03A3 at cps[i] of the string cps[begin:end]: final sigma when a cased
+    character precedes it and none follows it, skipping case-ignorable characters on both sides."""
+    j = i - 1
+    while j >= begin and props[cps[j]] & CASE_IGNORABLE:
+        j -= 1
+    if j < begin or not props[cps[j]] & CASED:
+        return False
+    j = i + 1
+    while j < end and props[cps[j]] & CASE_IGNORABLE:
+        j += 1
+    return j == end or not props[cps[j]] & CASED
+
+
+@njit(cache=True, nogil=True)
+def _prepare_into(
+    cps: np.ndarray, begin: int, end: int, lower: np.ndarray, props: np.ndarray, out: np.ndarray, w: int
+) -> int:
+    """`perplexity._prepare` of the string cps[begin:end], written at out[w:]; returns the new end. Lowercase
+    (str.lower), drop NUL, decimal digits -> "0", every run of whitespace -> one space."""
+    in_space = False
+    for i in range(begin, end):
+        c = cps[i]
+        if c == _CAPITAL_SIGMA:
+            low = np.uint32(0x3C2) if _final_sigma(cps, begin, end, i, props) else np.uint32(0x3C3)
+        elif c == _CAPITAL_I_WITH_DOT:
+            out[w] = 0x69
+            out[w + 1] = 0x307
+            w += 2
+            in_space = False
+            continue
+        else:
+            low = lower[c]
+        if low == 0:
+            continue
+        flags = props[low]
+        if flags & SPACE:
+            if not in_space:
+                out[w] = 0x20
+                w += 1
+                in_space = True
+            continue
+        in_space = False
+        out[w] = np.uint32(0x30) if flags & DECIMAL else low
+        w += 1
+    return w
+
+
+@njit(cache=True, nogil=True)
+def prepare_windows(
+    cps: np.ndarray,
+    context_begin: np.ndarray,
+    context_end: np.ndarray,
+    window_begin: np.ndarray,
+    window_end: np.ndarray,
+    pad: int,
+    lower: np.ndarray,
+    props: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each window w: `pad` code points of context (the last `pad` of its prepared context, NUL-padded
+    on the left) then its prepared text, end to end: what `CharNgramLM` scores, as code points. Returns them,
+    the index of every window character (the positions to score) and each window's prepared length."""
+    total = 0
+    longest_context = 0
+    for k in range(window_begin.size):
+        total += window_end[k] - window_begin[k]
+        longest_context = max(longest_context, context_end[k] - context_begin[k])
+    out = np.zeros(pad * window_begin.size + 2 * total, dtype=np.uint32)  # "İ" is the only 1 -> 2 character
+    positions = np.empty(2 * total, dtype=np.int64)
+    lengths = np.zeros(window_begin.size, dtype=np.int64)
+    context = np.empty(2 * longest_context + 1, dtype=np.uint32)
+    w = 0
+    scored = 0
+    for k in range(window_begin.size):
+        if pad:
+            n = _prepare_into(cps, context_begin[k], context_end[k], lower, props, context, 0)
+            kept = min(n, pad)
+            w += pad - kept  # out is zeroed: NUL (BOS) padding
+            for j in range(n - kept, n):
+                out[w] = context[j]
+                w += 1
+        start = w
+        w = _prepare_into(cps, window_begin[k], window_end[k], lower, props, out, w)
+        lengths[k] = w - start
+        for p in range(start, w):
+            positions[scored] = p
+            scored += 1
+    return out[:w], positions[:scored], lengths

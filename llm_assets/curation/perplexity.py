@@ -49,6 +49,83 @@ def _prepare(text: str) -> str:
     return (" " if text[0].isspace() else "") + " ".join(words) + (" " if text[-1].isspace() else "")
 
 
+@functools.cache
+def _character_tables() -> tuple[np.ndarray, np.ndarray]:
+    """What the compiled `_prepare` looks up, per code point: its `str.lower()` and the flags of
+    `_ngram_kernels` (CASE_IGNORABLE, CASED, DECIMAL, SPACE). Read off this Python's own `str.lower`, `str.split`
+    and `re` (~0.1 s), so both versions of `_prepare` agree on whatever Unicode version it has.
+
+    Case-ignorable and cased are what CPython's final-sigma rule tests; they are not exposed, so they are read
+    off how `lower()` treats a capital sigma next to each code point (with "A", cased, and NUL, neither):
+    "A c Σ" gives final sigma iff c is case-ignorable or cased, "A Σ c" iff case-ignorable or not cased, so
+    both iff case-ignorable; "NUL c Σ" iff cased and not case-ignorable."""
+    from llm_assets.curation import _ngram_kernels as k
+
+    sigma, dotted_i, final = 0x3A3, 0x130, 0x3C2
+    points = np.arange(0x110000, dtype=np.uint32)
+    odd = np.r_[0xD800:0xE000, sigma, dotted_i]  # surrogates (not in valid text) and the two context-bound cases
+    points[odd] = 0x41  # "A": cased, no digit, no space; their entries are set below
+    text = points.tobytes().decode("utf-32-le")
+    lower = np.frombuffer(text.lower().encode("utf-32-le"), dtype=np.uint32).copy()
+    props = np.zeros(points.size, dtype=np.uint8)
+    for flag, pattern in ((k.DECIMAL, _DIGITS), (k.SPACE, re.compile(r"\s"))):  # \s: str.isspace, as str.split
+        props[[m.start() for m in pattern.finditer(text)]] |= flag
+    lower[odd] = points[odd] = np.arange(0x110000, dtype=np.uint32)[odd]
+    lower[sigma], lower[dotted_i] = 0x3C3, 0x69  # the compiled loop decides these two itself
+
+    def probe(first: int, second: int, third: int, at: int) -> np.ndarray:
+        """Where lowercasing the 4-character groups (first, second, third, NUL) leaves final sigma at `at`;
+        -1 stands for the code point itself."""
+        groups = np.zeros((points.size, 4), dtype=np.uint32)
+        for column, value in enumerate((first, second, third)):
+            groups[:, column] = points if value < 0 else value
+        groups[odd, :] = 0x20
+        lowered = np.frombuffer(groups.tobytes().decode("utf-32-le").lower().encode("utf-32-le"), dtype=np.uint32)
+        found = lowered.reshape(-1, 4)[:, at] == final
+        for point in (sigma, dotted_i):  # "İ" lowercases to two characters: sigma's index is counted from the end
+            chars = "".join(chr(point if v < 0 else v) for v in (first, second, third))
+            found[point] = ord(chars.lower()[at if at < 2 else -1]) == final
+        return found
+
+    ignorable_or_cased = probe(0x41, -1, sigma, 2)
+    ignorable_or_uncased = probe(0x41, sigma, -1, 1)
+    cased = probe(0, -1, sigma, 2)
+    props[ignorable_or_cased & ignorable_or_uncased] |= k.CASE_IGNORABLE
+    props[cased] |= k.CASED
+    return lower, props
+
+
+def _prepared_windows(windows: Sequence[tuple[str, str]], pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the model scores for (context, window) pairs: per pair, the last `pad` characters of the prepared
+    context (NUL-padded on the left), then the prepared window; as code points end to end, with the index of
+    every window character and each prepared window's length. The compiled loop, or `_prepare` per piece."""
+    kernels = _compiled_kernels()
+    if kernels is None:
+        return _prepared_windows_python(windows, pad)
+    parts = [piece for pair in windows for piece in pair]
+    bounds = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=bounds[1:])
+    cps = np.frombuffer("".join(parts).encode("utf-32-le"), dtype=np.uint32)
+    lower, props = _character_tables()
+    return kernels.prepare_windows(cps, bounds[0:-1:2], bounds[1::2], bounds[1::2], bounds[2::2], pad, lower, props)
+
+
+def _prepared_windows_python(windows: Sequence[tuple[str, str]], pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_prepared_windows` by `_prepare`: the definition the compiled loop is tested against."""
+    pieces: list[str] = []
+    lengths: list[int] = []
+    for context, window in windows:
+        context = _prepare(context)[-pad:] if pad else ""
+        window = _prepare(window)
+        pieces.append("\x00" * (pad - len(context)) + context + window)
+        lengths.append(len(window))
+    out = np.frombuffer("".join(pieces).encode("utf-32-le"), dtype=np.uint32)
+    window_lengths = np.array(lengths, dtype=np.int64)
+    layout = np.column_stack([np.full(len(lengths), pad), window_lengths]).ravel()
+    positions = np.flatnonzero(np.repeat(np.tile([False, True], len(lengths)), layout))
+    return out, positions, window_lengths
+
+
 def _top_keys(ids: np.ndarray, order: int, bits: int) -> np.ndarray:
     """keys[i] packs ids[i-order+1 .. i] (the n-gram ending at i), the predicted id in the lowest bits; the
     k-gram key of i is its lowest k * bits bits."""
@@ -209,9 +286,12 @@ class CharNgramLM:
         """
         if order < 1:
             raise ValueError(f"order must be at least 1, got {order}")
-        prepared = [_prepare(text) for text in texts if text]
+        # every text after `order - 1` NULs (BOS context), prepared
+        prepared, _, _ = _prepared_windows([("", text) for text in texts if text], order - 1)
         # counted per code point (O(n), no sort): the same ascending code points and counts as np.unique
-        char_counts = np.bincount(np.frombuffer("".join(prepared).encode("utf-32-le"), dtype=np.uint32))
+        char_counts = np.bincount(prepared)
+        if char_counts.size:
+            char_counts[0] = 0  # the BOS padding (prepared text has no NUL)
         codepoints = np.flatnonzero(char_counts).astype(np.uint32)
         char_counts = char_counts[codepoints]
         cap = (1 << (64 // order)) - _FIRST_CHAR_ID
@@ -230,8 +310,7 @@ class CharNgramLM:
             training_chars=0,
             corpus=corpus,
         )
-        pad = "\x00" * (order - 1)
-        ids = empty._encode("".join(pad + text for text in prepared))
+        ids = empty._encode_code_points(prepared)
         predicted = ids != _BOS
         keys, counts = _count_ngrams(_top_keys(ids, order, bits)[predicted], order, bits)
         return cls(
@@ -246,7 +325,9 @@ class CharNgramLM:
 
     def _encode(self, text: str) -> np.ndarray:
         """Character ids: NUL is BOS (never in prepared text), vocabulary chars 2.., everything else OOV."""
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        return self._encode_code_points(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+
+    def _encode_code_points(self, codepoints: np.ndarray) -> np.ndarray:
         if len(codepoints) and int(codepoints.max()) < len(self._bmp_ids):
             return self._bmp_ids[codepoints].astype(np.uint64)
         if not len(self._sorted_codepoints):
@@ -302,39 +383,33 @@ class CharNgramLM:
         pad = self.order - 1
         log_prob_sum = np.zeros(len(texts))
         scored_chars = np.zeros(len(texts), dtype=np.int64)
-        pieces: list[str] = []
-        lengths: list[int] = []
+        windows: list[tuple[str, str]] = []
         owners: list[int] = []
         pending = 0
         for doc, text in enumerate(texts):
             for context, window in _windows(text or "", max_chars_scored, pad):
-                window = _prepare(window)
-                context = _prepare(context)[-pad:] if pad else ""
-                pieces.append("\x00" * (pad - len(context)) + context + window)
-                lengths.append(len(window))
+                windows.append((context, window))
                 owners.append(doc)
                 pending += pad + len(window)
             if pending >= _CHARS_PER_PASS or doc == len(texts) - 1:
-                self._accumulate(pieces, lengths, owners, log_prob_sum, scored_chars)
-                pieces, lengths, owners, pending = [], [], [], 0
+                self._accumulate(windows, owners, log_prob_sum, scored_chars)
+                windows, owners, pending = [], [], 0
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(scored_chars > 0, np.exp(-log_prob_sum / np.maximum(scored_chars, 1)), np.nan)
 
     def _accumulate(
         self,
-        pieces: list[str],
-        lengths: list[int],
+        windows: list[tuple[str, str]],
         owners: list[int],
         log_prob_sum: np.ndarray,
         scored_chars: np.ndarray,
     ) -> None:
-        """Score `pieces` (each: order-1 context characters, then the window) and add to the owners' sums."""
-        if not pieces:
+        """Score (context, window) pairs (the window after order-1 characters of context) and add to the owners'
+        sums."""
+        if not windows:
             return
-        ids = self._encode("".join(pieces))
-        window_lengths = np.array(lengths, dtype=np.int64)
-        layout = np.column_stack([np.full(len(lengths), self.order - 1), window_lengths]).ravel()
-        positions = np.flatnonzero(np.repeat(np.tile([False, True], len(lengths)), layout))
+        prepared, positions, window_lengths = _prepared_windows(windows, self.order - 1)
+        ids = self._encode_code_points(prepared)
         owner = np.repeat(np.array(owners, dtype=np.int64), window_lengths)
         log_prob_sum += np.bincount(owner, weights=self._log_probs(ids, positions), minlength=len(log_prob_sum))
         scored_chars += np.bincount(owner, minlength=len(scored_chars))

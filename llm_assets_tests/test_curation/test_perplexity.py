@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from llm_assets.curation.perplexity import (
     CharNgramLM,
     PerplexityConfig,
+    _character_tables,
     _compiled_kernels,
+    _prepared_windows,
+    _prepared_windows_python,
     percentile_bounds,
     score_batch,
     trim_batch,
@@ -246,3 +249,38 @@ def test_compiled_counting_gives_numpys_answers(values: list[int], weights: bool
     expected = np.bincount(inverse, weights=w if weights else None, minlength=len(expected_keys)).astype(np.int64)
     assert np.array_equal(distinct[order], expected_keys)
     assert np.array_equal(sums[order], expected)
+
+
+# What makes `_prepare` hard to compile: capital sigma (final or not, by the cased and case-ignorable characters
+# around it), the one character that lowercases to two, digits of other scripts, every kind of whitespace, NUL.
+_PREPARE_ALPHABET = [
+    *"aAΣσςΑΌγ İı'.:- 09٣४𝟙",
+    *"\u0345\u0307\u00ad\u2019\t\n\x0b\x1c\x85\u2028\u3000\x00\U0001d400\U00010400",
+]
+_prepare_texts = st.one_of(st.text(st.sampled_from(_PREPARE_ALPHABET), max_size=14), st.text(max_size=14))
+
+
+def _assert_same_windows(windows: list[tuple[str, str]], pad: int) -> None:
+    compiled = _prepared_windows(windows, pad)
+    reference = _prepared_windows_python(windows, pad)
+    for got, expected in zip(compiled, reference, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_prepare_texts, _prepare_texts), max_size=6), st.integers(min_value=0, max_value=5))
+@example([("", "ΟΔΟΣ Α΄"), ("A", "Σ\u0345b")], 4)
+@example([("ab  ", "  İΣ 1\x00 ")], 2)
+def test_compiled_preparation_equals_prepare(windows: list[tuple[str, str]], pad: int) -> None:
+    # The scored code points (context tail, NUL padding, prepared window) are what `_prepare` gives, piece by piece.
+    assert _compiled_kernels() is not None, "numba is a dependency: the compiled preparation must load"
+    _assert_same_windows([(context[-pad:] if pad else "", window) for context, window in windows], pad)
+
+
+def test_compiled_preparation_agrees_on_every_code_point() -> None:
+    # Each code point alone and on both sides of a capital sigma: its lowercase, digit and space flags, and how it
+    # bears on final sigma, come from tables read off this Python's str methods; none may be wrong.
+    lower, props = _character_tables()
+    assert lower.size == props.size == 0x110000
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    _assert_same_windows([("", f"{c}\u03a3 A{c}\u03a3 \u03a3{c}") for c in chars], 0)
