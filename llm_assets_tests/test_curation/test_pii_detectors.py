@@ -472,7 +472,7 @@ SCAN_ALPHABET = [
 def _regex_scan(text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
     from llm_assets.curation.pii import detectors
 
-    clusters = [m.span() for m in detectors._CLUSTER.finditer(text)]
+    clusters = [m.span() for m in detectors._CLUSTER.finditer(text) if detectors._numeric_candidate(m.group())]
     ibans = sorted({m.span() for p in range(len(text) + 1) if (m := detectors._IBAN.search(text, p))})
     ipv6 = [
         (hint.start(), run.end())
@@ -500,12 +500,17 @@ IBAN_BOUNDS = ["GR16" + "7" * 10, "GR16" + "7" * 11, "x GR16 0110 125" + "0" * 4
     )
 )
 def test_compiled_prescan_finds_what_the_regexes_find(texts: list[str | None]) -> None:
-    """The batch scan gives the numeric-cluster matches `finditer` gives, every IBAN match start and the
-    IPv6 candidate runs, in code points, and detections with it equal detections without it."""
-    from llm_assets.curation.pii.detectors import prescan
+    """The batch scan gives the numeric-cluster matches `finditer` gives (less those too short for any
+    identifier), every IBAN match start and the IPv6 candidate runs, in code points, and detections with it
+    equal detections without it, and without leaving out the short clusters."""
+    from llm_assets.curation.pii import detectors
 
-    scanned = prescan(texts)
+    scanned = detectors.prescan(texts)
     for text, found in zip(texts, scanned, strict=True):
         assert found == _regex_scan(text or "")
         if text:
-            assert sorted(detect_structured(text, prescanned=found)) == sorted(detect_structured(text))
+            detections = sorted(detect_structured(text, prescanned=found))
+            assert detections == sorted(detect_structured(text))
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(detectors, "_numeric_candidate", lambda cluster: True)
+                assert detections == sorted(detect_structured(text))

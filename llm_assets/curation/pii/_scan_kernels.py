@@ -6,12 +6,13 @@ regex engine tries the first two at every digit, and `_find_ipv6` looked at ever
 would match, in code-point offsets, so only the candidates reach Python.
 
 Exactly the regexes' matches (tests compare both on generated text): for `_CLUSTER`, the non-overlapping
-matches `finditer` gives; for `_IBAN`, every start where it matches (with its end), since `_find_ibans`
-resumes its search at a match's start + 1 or past a token. For IPv6, each maximal run of `[0-9A-Fa-f:.]`
-that holds a `detectors._IPV6_HINT` match, a digit, and "::" or at least six colons: its first hint's colon
-and the run's end (`_find_ipv6` reads only the first hint of a run, and takes an address from within that
-run; one without those holds none, e.g. times like 12:30:45). Every character the patterns name is ASCII
-except U+00A0, the only multi-byte character told apart.
+matches `finditer` gives, less those too short to be any identifier (under 7 digits and 3 dots: about half the
+clusters of prose, mostly dates and years); for `_IBAN`, every start where it matches (with its end), since
+`_find_ibans` resumes its search at a match's start + 1 or past a token. For IPv6, each maximal run of
+`[0-9A-Fa-f:.]` that holds a `detectors._IPV6_HINT` match, a digit, and "::" or at least six colons: its first
+hint's colon and the run's end (`_find_ipv6` reads only the first hint of a run, and takes an address from
+within that run; one without those holds none, e.g. times like 12:30:45). Every character the patterns name is
+ASCII except U+00A0, the only multi-byte character told apart.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from numba import njit
 
 _NBSP = 0xA0
+MIN_DIGITS = 7  # every numeric identifier has 7+ digits except a dotted IPv4 address
 # Character classes: only these matter to the two patterns, one byte each, so the scan reads a byte per character.
 # HEX is the letters A-F and a-f, LETTER the other ASCII letters.
 OTHER, DIGIT, LETTER, HEX, PLUS, OPEN, CLOSE, DOT, DASH, SPACE, TAB, NBSP, COLON = range(13)
@@ -93,7 +95,8 @@ def _classify(
 
 @njit(cache=True, nogil=True)
 def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Over the docs data[offsets[d]:offsets[d + 1]]: the `_CLUSTER` matches, the `_IBAN` matches and the IPv6
+    """Over the docs data[offsets[d]:offsets[d + 1]]: the `_CLUSTER` matches that can hold an identifier
+    (`detectors._numeric_candidate`: MIN_DIGITS digits or three dots), the `_IBAN` matches and the IPv6
     candidate runs (first hint's colon, run end) as rows (doc, start, end), sorted by doc then start.
 
     Each pass visits only the marked positions (`_classify`), so prose costs one classifying read."""
@@ -121,14 +124,20 @@ def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np
             i = marks[k]
             j = i + 1
             last_digit = -1
+            digits = 1 if kind[i] == DIGIT else 0
+            dots = dots_to_last_digit = 0
             while j < n:
                 c = kind[j]
                 if not (_JOINS[c] or (_SPACES[c] and not (j + 1 < n and _SPACES[kind[j + 1]]))):
                     break
                 if c == DIGIT:
                     last_digit = j
+                    digits += 1
+                    dots_to_last_digit = dots
+                elif c == DOT:
+                    dots += 1
                 j += 1
-            if last_digit >= i + 6:
+            if last_digit >= i + 6 and (digits >= MIN_DIGITS or dots_to_last_digit >= 3):
                 clusters[n_clusters, 0] = d
                 clusters[n_clusters, 1] = i
                 clusters[n_clusters, 2] = last_digit + 1

@@ -145,6 +145,7 @@ _SSN_SHAPE = re.compile(r"[0-9]{3}-[0-9]{2}-[0-9]{4}")
 _INTERNATIONAL_START = re.compile(r"\+\(?[1-9]")
 _LIST_NUMBER = re.compile(r"\(?[0-9]{1,4}[.)]{1,2}[ \t\u00a0]")
 _DROP_SEPARATORS: Final = str.maketrans("", "", " \t.()\u00a0-+")
+_MIN_DIGITS: Final = 7  # every numeric kind has 7+ digits except dotted IPv4 (`_scan_kernels.MIN_DIGITS` too)
 _CIDR_SUFFIX = re.compile(r"/[0-9]{1,2}(?![0-9/])")
 _SEPARATORS = re.compile(r"[ \t.()\u00a0-]+")
 _AMOUNT_GROUPS = re.compile(r"[0-9]{1,3}(?:([ .\u00a0])[0-9]{3})(?:\1[0-9]{3})*")
@@ -381,6 +382,13 @@ def _find_ipv6(text: str, found: list[Detection], hints: list[tuple[int, int]] |
         found.append(("ip_address", start, end, "ipv6_parse", 0.95))
 
 
+def _numeric_candidate(cluster: str) -> bool:
+    """Whether a `_CLUSTER` match can hold an identifier: 7+ digits, or 3 dots (a dotted IPv4). Trimming it
+    only removes characters, and `_find_numeric` classifies nothing with fewer (the compiled prescan drops the
+    rest before they reach Python)."""
+    return len(cluster.translate(_DROP_SEPARATORS)) >= _MIN_DIGITS or cluster.count(".") >= 3
+
+
 def _find_numeric(
     text: str,
     want: frozenset[str],
@@ -389,7 +397,9 @@ def _find_numeric(
     clusters: list[tuple[int, int]] | None = None,
 ) -> None:
     n = len(text)
-    for start, end in clusters if clusters is not None else (m.span() for m in _CLUSTER.finditer(text)):
+    if clusters is None:
+        clusters = [m.span() for m in _CLUSTER.finditer(text) if _numeric_candidate(m.group())]
+    for start, end in clusters:
         cluster = text[start:end]
         if masked:
             covered = max((m_end for m_start, m_end in masked if m_start < end and start < m_end), default=start)
@@ -439,7 +449,7 @@ def _find_numeric(
         digits = cluster.translate(_DROP_SEPARATORS)
         # Every numeric kind has 7+ digits except dotted IPv4 ("1.2.3.4"); "5.97756" is a decimal, not an id.
         dots = cluster.count(".")
-        if (len(digits) < 7 and dots != 3) or (dots == 1 and len(digits) == len(cluster) - 1):
+        if (len(digits) < _MIN_DIGITS and dots != 3) or (dots == 1 and len(digits) == len(cluster) - 1):
             continue
         before = len(found)
         _classify_cluster(text, cluster, start, end, want, found)
