@@ -240,3 +240,29 @@ def prepare_windows(
             positions[scored] = p
             scored += 1
     return out[:w], positions[:scored], lengths
+
+
+@njit(cache=True, nogil=True)
+def table_ids(codepoints: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """table[c] (as uint64) for each code point c, in one pass; an empty array if one is beyond the table."""
+    out = np.empty(codepoints.size, dtype=np.uint64)
+    for i in range(codepoints.size):
+        c = codepoints[i]
+        if c >= table.size:
+            return np.empty(0, dtype=np.uint64)
+        out[i] = table[c]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def owner_sums(values: np.ndarray, lengths: np.ndarray, owners: np.ndarray, size: int) -> np.ndarray:
+    """np.bincount(np.repeat(owners, lengths), weights=values, minlength=size), adding in the same order (so
+    the same bits) without building the repeated owners."""
+    out = np.zeros(size)
+    p = 0
+    for k in range(owners.size):
+        owner = owners[k]
+        for _ in range(lengths[k]):
+            out[owner] += values[p]
+            p += 1
+    return out

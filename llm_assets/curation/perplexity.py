@@ -328,7 +328,12 @@ class CharNgramLM:
         return self._encode_code_points(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
 
     def _encode_code_points(self, codepoints: np.ndarray) -> np.ndarray:
-        if len(codepoints) and int(codepoints.max()) < len(self._bmp_ids):
+        kernels = _compiled_kernels()
+        if kernels is not None:
+            ids = kernels.table_ids(codepoints, self._bmp_ids)
+            if ids.size == codepoints.size:
+                return ids
+        elif len(codepoints) and int(codepoints.max()) < len(self._bmp_ids):
             return self._bmp_ids[codepoints].astype(np.uint64)
         if not len(self._sorted_codepoints):
             return np.where(codepoints == 0, _BOS, _OOV).astype(np.uint64)
@@ -409,10 +414,14 @@ class CharNgramLM:
         if not windows:
             return
         prepared, positions, window_lengths = _prepared_windows(windows, self.order - 1)
-        ids = self._encode_code_points(prepared)
-        owner = np.repeat(np.array(owners, dtype=np.int64), window_lengths)
-        log_prob_sum += np.bincount(owner, weights=self._log_probs(ids, positions), minlength=len(log_prob_sum))
-        scored_chars += np.bincount(owner, minlength=len(scored_chars))
+        values = self._log_probs(self._encode_code_points(prepared), positions)
+        owner = np.array(owners, dtype=np.int64)
+        kernels = _compiled_kernels()
+        if kernels is not None:
+            log_prob_sum += kernels.owner_sums(values, window_lengths, owner, len(log_prob_sum))
+        else:
+            log_prob_sum += np.bincount(np.repeat(owner, window_lengths), weights=values, minlength=len(log_prob_sum))
+        np.add.at(scored_chars, owner, window_lengths)
 
     def perplexity(self, text: str, max_chars_scored: int = 20_000) -> float:
         return float(self.perplexities([text], max_chars_scored)[0])

@@ -284,3 +284,30 @@ def test_compiled_preparation_agrees_on_every_code_point() -> None:
     assert lower.size == props.size == 0x110000
     chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
     _assert_same_windows([("", f"{c}\u03a3 A{c}\u03a3 \u03a3{c}") for c in chars], 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    windows=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 6)), max_size=20),
+    values=st.lists(st.floats(-30.0, 0.0), min_size=120, max_size=120),
+    points=st.lists(st.integers(0, 0x10FFFF), max_size=30),
+)
+def test_compiled_sums_and_lookups_give_numpys_bits(
+    windows: list[tuple[int, int]], values: list[float], points: list[int]
+) -> None:
+    """Per-document sums add the same floats in the same order as np.bincount (so the same perplexities), and
+    the table look-up is numpy's indexing, or nothing when a code point is beyond the table."""
+    from llm_assets.curation import _ngram_kernels
+
+    owners = np.array(sorted(owner for owner, _ in windows), dtype=np.int64)
+    lengths = np.array([length for _, length in windows], dtype=np.int64)
+    weights = np.array(values[: int(lengths.sum())])
+    expected = np.bincount(np.repeat(owners, lengths), weights=weights, minlength=6)
+    np.testing.assert_array_equal(_ngram_kernels.owner_sums(weights, lengths, owners, 6), expected)
+    table = np.arange(0x10000, dtype=np.uint32)[::-1].copy()
+    codepoints = np.array(points, dtype=np.uint32)
+    ids = _ngram_kernels.table_ids(codepoints, table)
+    if all(point < table.size for point in points):
+        np.testing.assert_array_equal(ids, table[codepoints].astype(np.uint64))
+    else:
+        assert ids.size == 0
