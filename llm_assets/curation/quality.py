@@ -225,7 +225,8 @@ def _language_stopwords(lang: str) -> pl.DataFrame:
     return pl.DataFrame({"lang": [lang] * len(words), "word": words}, schema={"lang": pl.String, "word": pl.String})
 
 
-KERNEL_DOC_BYTES = 1 << 18  # longer docs are measured in polars: the compiled pass's tables grow with a doc
+KERNEL_DOC_BYTES = 1 << 20  # longer docs are measured in polars: the compiled pass's tables (48-96 bytes per byte
+# of the longest doc) would outgrow polars' per-word frames (~30x)
 MEASURE_BATCH_CHARS = 1 << 20  # per-word frames take ~30x the text: measuring in ~1 MB pieces bounds that
 
 
