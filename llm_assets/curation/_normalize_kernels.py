@@ -95,6 +95,21 @@ def standardise_bytes(
                     pending_breaks = 0
                 out[w] = byte
                 w += 1
+                # The rest of the run of printable ASCII and single spaces between them (nothing pending, no step
+                # changes them): copied as they are.
+                while i < end:
+                    byte = data[i]
+                    if 0x21 <= byte <= 0x7E:
+                        out[w] = byte
+                        w += 1
+                        i += 1
+                    elif byte == 0x20 and i + 1 < end and 0x21 <= data[i + 1] <= 0x7E:
+                        out[w] = 0x20
+                        out[w + 1] = data[i + 1]
+                        w += 2
+                        i += 2
+                    else:
+                        break
                 continue
             if byte < 0x80:
                 cp, width = np.int64(byte), 1
