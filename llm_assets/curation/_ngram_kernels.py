@@ -55,23 +55,34 @@ def log_probs(
 ) -> np.ndarray:
     """ln P(ids[p] | the order-1 ids before it) for each p in `positions`: the longest n-gram the model has,
     plus the back-off weights of the longer contexts it had to skip. The n-gram ending at p is packed as
-    `perplexity._top_keys` packs it (ids[p] in the lowest bits), here as each position is reached.
+    `perplexity._top_keys` packs it (ids[p] in the lowest bits), here as each position is reached: rolled on
+    from the previous position's where positions are consecutive, as they are within a window.
 
     Keys and values are interleaved: entry i's key is keys[2 * i] and its value values[2 * i + 1] (the same
     memory seen as uint64 and as float64), so a hit reads one cache line after the slot, not two."""
     out = np.empty(positions.size, dtype=np.float64)
     width = np.uint64(bits)
+    masks = np.empty(order + 1, dtype=np.uint64)  # masks[k]: the lowest k ids of a key
+    for k in range(order + 1):
+        masks[k] = np.uint64(0xFFFFFFFFFFFFFFFF) if bits * k >= 64 else np.uint64((1 << (bits * k)) - 1)
+    top = np.uint64(0)
+    previous = -2
     for i in range(positions.size):
         p = positions[i]
-        key = np.uint64(0)
-        for back in range(min(order, p + 1)):
-            key |= np.uint64(ids[p - back]) << np.uint64(bits * back)
+        if p == previous + 1:  # the n-gram ending at p is the one ending at p - 1, moved on one id
+            top = ((top << width) | np.uint64(ids[p])) & masks[order]
+        else:
+            top = np.uint64(0)
+            for back in range(min(order, p + 1)):
+                top |= np.uint64(ids[p - back]) << np.uint64(bits * back)
+        previous = p
+        key = top
         backoff = 0.0
         result = log_uniform
         found = False
         for k in range(order, 0, -1):
             if k < order:
-                key = key & np.uint64((1 << (bits * k)) - 1)
+                key = key & masks[k]
             j = k - 1
             if ngram_key_at[j + 1] > ngram_key_at[j]:
                 index = _find(ngram_slots, ngram_slot_at[j], ngram_keys, ngram_key_at[j], ngram_shift[j], key, 2)
