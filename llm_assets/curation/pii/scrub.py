@@ -165,6 +165,7 @@ def scrub_batch(table: pa.Table, policy: PiiPolicy, *, salt: str, ner: NerBacken
     reject_excerpt: list[str | None] = []
     hits_by_kind: Counter[str] = Counter()
     docs_with_pii = redacted_docs = chars_redacted = 0
+    digests: dict[tuple[str, str], str] = {}  # the same value recurs (a project's contact address on every page)
 
     scanned = prescan(table.column("text"))
     for row, (record_id, text, jurisdiction) in enumerate(zip(ids, texts, jurisdictions, strict=True)):
@@ -197,7 +198,11 @@ def scrub_batch(table: pa.Table, policy: PiiPolicy, *, salt: str, ner: NerBacken
                 events["recognizer"].append(hit.recognizer if scan_pass == 0 else f"{hit.recognizer} (rescan)")
                 events["score"].append(hit.score)
                 events["action"].append(action)
-                events["value_hash"].append(value_hash(current[hit.start : hit.end], hit.kind, salt))
+                value = current[hit.start : hit.end]
+                digest = digests.get((value, hit.kind))
+                if digest is None:
+                    digest = digests[value, hit.kind] = value_hash(value, hit.kind, salt)
+                events["value_hash"].append(digest)
                 events["jurisdiction"].append(code)
             redacted = redact_text(current, hits, policy, jurisdiction=code)
             chars += sum(h.end - h.start for h in hits if actions[h.kind] != "keep")
