@@ -327,3 +327,59 @@ def rehash(
         slot_keys[slot] = old_keys[i]
         slot_counts[slot] = old_counts[i]
         slot_last[slot] = old_last[i]
+
+
+@njit(cache=True, nogil=True)
+def substitute(
+    data: np.ndarray, offsets: np.ndarray, rows: np.ndarray, code: np.ndarray, replacement: np.ndarray, at: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The docs data[offsets[d]:offsets[d + 1]], d in `rows`, with each code point c where code[c] != 0
+    replaced by replacement[at[k]:at[k + 1]] (k = |code[c]| - 1); returns the new docs (UTF-8 and offsets) and,
+    per doc, whether a replaced code point had code > 0 (what the caller counts as a change)."""
+    total = 0  # the output's size: a first walk, as a replacement can be much longer than what it replaces
+    for k in range(rows.size):
+        i = offsets[rows[k]]
+        end = offsets[rows[k] + 1]
+        while i < end:
+            if data[i] < 0x80:
+                total += 1
+                i += 1
+                continue
+            cp, width = _decode(data, i)
+            if width == 0:
+                cp, width = np.int64(data[i]), 1
+            c = code[cp] if cp < code.size else 0
+            total += width if c == 0 else at[abs(c)] - at[abs(c) - 1]
+            i += width
+    out = np.empty(total, dtype=np.uint8)
+    out_offsets = np.zeros(rows.size + 1, dtype=np.int64)
+    counted = np.zeros(rows.size, dtype=np.bool_)
+    w = 0
+    for k in range(rows.size):
+        i = offsets[rows[k]]
+        end = offsets[rows[k] + 1]
+        while i < end:
+            byte = data[i]
+            if byte < 0x80:
+                out[w] = byte
+                w += 1
+                i += 1
+                continue
+            cp, width = _decode(data, i)
+            if width == 0:  # not reached on valid UTF-8
+                cp, width = np.int64(byte), 1
+            c = code[cp] if cp < code.size else 0
+            if c == 0:
+                for j in range(width):
+                    out[w + j] = data[i + j]
+                w += width
+            else:
+                index = abs(c) - 1
+                for j in range(at[index], at[index + 1]):
+                    out[w] = replacement[j]
+                    w += 1
+                if c > 0:
+                    counted[k] = True
+            i += width
+        out_offsets[k + 1] = w
+    return out[:w], out_offsets, counted

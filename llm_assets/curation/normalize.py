@@ -265,6 +265,8 @@ def _prepare_once(texts: pa.LargeStringArray, config: NormalizeConfig, changes: 
     non_ascii = _non_ascii_rows(texts)
     unstable = _unstable_rows(texts, non_ascii, config.unicode_form)
     if config.unicode_form is not None and unstable.size:
+        texts, unstable = _substitute_in_place(texts, unstable, config, changes)
+    if config.unicode_form is not None and unstable.size:
         # The rest are already in the normal form and have none of the _PRE_NFKC characters (ASCII text in
         # particular is the same in every form), so polars normalises only these.
         series = pl.Series(texts)
@@ -299,6 +301,63 @@ def _prepare_once(texts: pa.LargeStringArray, config: NormalizeConfig, changes: 
     changes["punctuation_standardised"] += int(per_doc[:, 1].sum())
     changes["whitespace_standardised"] += int(per_doc[:, 2].sum())
     return pa.LargeStringArray.from_buffers(len(texts), pa.py_buffer(out_offsets), pa.py_buffer(out))
+
+
+def _substitute_in_place(
+    texts: pa.LargeStringArray, rows: np.ndarray, config: NormalizeConfig, changes: dict[str, int]
+) -> tuple[pa.LargeStringArray, np.ndarray]:
+    """Normalise the `rows` whose only unstable characters have a normal form that can be put in their place
+    (`_substitutions`: NBSP, fullwidth punctuation, the ellipsis, ...) in one compiled pass, and return the
+    rows left for polars' normaliser."""
+    kernels = _normalize_kernels()
+    if kernels is None:  # pragma: no cover - numba is a dependency
+        return texts, rows
+    form = config.unicode_form
+    assert form is not None
+    pre = config.standardise_punctuation and form in ("NFKC", "NFKD")
+    code, replacement, at, left_for_polars = _substitutions(form, pre)
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    data = np.frombuffer(texts.buffers()[2], dtype=np.uint8)
+    left = kernels.rows_with_flagged(data, offsets, rows.astype(np.int64), left_for_polars)
+    simple = rows[~left]
+    if not simple.size:
+        return texts, rows
+    out, out_offsets, counted = kernels.substitute(data, offsets, simple.astype(np.int64), code, replacement, at)
+    changes["unicode_normalized"] += int(counted.sum())
+    values = pa.LargeStringArray.from_buffers(simple.size, pa.py_buffer(out_offsets), pa.py_buffer(out))
+    return _replace_rows(texts, simple, values), rows[left]
+
+
+@functools.cache
+def _substitutions(form: UnicodeForm, pre_nfkc: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The unstable code points (`_unstable_code_points`) whose `form` can be substituted in place: not a mark
+    (combining class 0, not a polars mark), normal form (after `_PRE_NFKC` where `pre_nfkc`) non-empty and made only of
+    stable code points. In a text whose unstable code points are all such, nothing composes, decomposes or
+    reorders across them, so the text's normal form is the text with each replaced (tests hold this to polars).
+
+    Returns code (per code point: 0, or +-(k + 1) for replacement k, negative where only `_PRE_NFKC` changed
+    it, which `unicode_normalized` does not count), the replacements' UTF-8 end to end with offsets, and the
+    unstable code points left (a text with one goes to polars)."""
+    from llm_assets.curation._codepoints import code_point_series
+
+    unstable = _unstable_code_points(form)
+    points, chars = code_point_series()
+    chars = chars.filter(pl.Series(unstable[points]))
+    sources = chars.str.replace_many(_PRE_NFKC) if pre_nfkc else chars
+    normals = sources.str.normalize(form)
+    # only what the form (or _PRE_NFKC) changes: a flagged character left as it is stays flagged in its output
+    wanted = (normals != chars) & ~chars.str.contains(r"^\p{M}$")
+    chars, sources, normals = chars.filter(wanted), sources.filter(wanted), normals.filter(wanted)
+    code = np.zeros(0x110000, dtype=np.int32)
+    pieces: list[bytes] = []
+    for char, source, normal in zip(chars.to_list(), sources.to_list(), normals.to_list(), strict=True):
+        if not normal or unicodedata.combining(char) or any(unstable[ord(c)] for c in normal):
+            continue
+        pieces.append(normal.encode("utf-8"))
+        code[ord(char)] = len(pieces) if normal != source else -len(pieces)
+    at = np.zeros(len(pieces) + 1, dtype=np.int64)
+    np.cumsum([len(piece) for piece in pieces], out=at[1:])
+    return code, np.frombuffer(b"".join(pieces) or b"\0", dtype=np.uint8), at, unstable & (code == 0)
 
 
 def _unstable_rows(texts: pa.LargeStringArray, rows: np.ndarray, form: UnicodeForm | None) -> np.ndarray:

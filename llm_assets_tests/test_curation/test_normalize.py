@@ -360,6 +360,47 @@ def test_texts_the_quick_check_passes_are_already_normalised(texts: list[str], f
             assert text == target, (form, text)
 
 
+# Characters substituted in place (NBSP, the ellipsis, fullwidth and compatibility forms, one that becomes a
+# phrase), stable ones (precomposed Greek, a Hangul syllable), and what must go to polars: marks, composition
+# seconds, Hangul jamo, the spacing accents.
+SUBSTITUTION_ALPHABET = list(
+    "\u00a0\u2026\uff0c\u00b5\u00bd\ufdfa\u2460\u1d43\u00c5\u03ac\uac00a \u00b4\u0384\u0301\u0345\u0b47\u0b3e\u1161"
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet=st.sampled_from(SUBSTITUTION_ALPHABET), max_size=8), min_size=1, max_size=10),
+    form=st.sampled_from(["NFKC", "NFC", "NFD", "NFKD"]),
+    punctuation=st.booleans(),
+)
+@example(
+    texts=["a\u00a0\u0301", "\u00b5\u0301", "\u2026", "x\u00b4y", "\u0b47\u00a0\u0b3e", "\u03ac\u0345"],
+    form="NFKC",
+    punctuation=True,
+)
+def test_in_place_substitution_gives_polars_normal_form(texts: list[str], form: str, punctuation: bool) -> None:
+    """Texts whose unstable characters are all substituted in place, in one compiled pass, come out as polars'
+    normaliser makes them, with the same count of changed texts."""
+    from llm_assets.curation import normalize
+
+    config = NormalizeConfig(
+        fix_mojibake=False,
+        unicode_form=form,  # type: ignore[arg-type]
+        standardise_whitespace=False,
+        remove_control_chars=False,
+        standardise_punctuation=punctuation,
+    )
+    ours = dict.fromkeys(normalize.CHANGE_KINDS, 0)
+    got = normalize._prepare_once(normalize._large_strings(texts), config, ours).to_pylist()
+    polars_only = dict.fromkeys(normalize.CHANGE_KINDS, 0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(normalize, "_substitute_in_place", lambda texts, rows, config, changes: (texts, rows))
+        expected = normalize._prepare_once(normalize._large_strings(texts), config, polars_only).to_pylist()
+    assert got == expected
+    assert ours == polars_only
+
+
 def test_every_character_a_form_changes_is_flagged() -> None:
     """The whole table: a character that its own normal form changes is always flagged, in every form."""
     import numpy as np
