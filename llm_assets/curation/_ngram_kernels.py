@@ -34,9 +34,12 @@ def _find(
 
 
 @njit(cache=True, nogil=True)
-def log_probs(
+def window_log_prob_sums(
     ids: np.ndarray,
-    positions: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    owners: np.ndarray,
+    size: int,
     bits: int,
     order: int,
     ngram_slots: np.ndarray,
@@ -53,53 +56,52 @@ def log_probs(
     context_log_gamma: np.ndarray,
     log_uniform: float,
 ) -> np.ndarray:
-    """ln P(ids[p] | the order-1 ids before it) for each p in `positions`: the longest n-gram the model has,
-    plus the back-off weights of the longer contexts it had to skip. The n-gram ending at p is packed as
-    `perplexity._top_keys` packs it (ids[p] in the lowest bits), here as each position is reached: rolled on
-    from the previous position's where positions are consecutive, as they are within a window.
+    """Per owner (0 .. size - 1), the sum of ln P(ids[p] | the order-1 ids before it) over the positions p of
+    its windows (window w: starts[w] .. starts[w] + lengths[w] - 1, owned by owners[w]), added in position
+    order. ln P is the longest n-gram the model has plus the back-off weights of the longer contexts it had to
+    skip. The n-gram ending at p is packed as `perplexity._top_keys` packs it (ids[p] in the lowest bits): at
+    a window's start from the ids, then rolled on one id per position.
 
     Keys and values are interleaved: entry i's key is keys[2 * i] and its value values[2 * i + 1] (the same
-    memory seen as uint64 and as float64), so a hit reads one cache line after the slot, not two."""
-    out = np.empty(positions.size, dtype=np.float64)
+    memory seen as uint64 and as float64), so a hit reads one cache line after the slot, not two. (One loop,
+    not helpers: split into functions, numba's code was several times slower.)"""
+    out = np.zeros(size)
     width = np.uint64(bits)
     masks = np.empty(order + 1, dtype=np.uint64)  # masks[k]: the lowest k ids of a key
     for k in range(order + 1):
         masks[k] = np.uint64(0xFFFFFFFFFFFFFFFF) if bits * k >= 64 else np.uint64((1 << (bits * k)) - 1)
-    top = np.uint64(0)
-    previous = -2
-    for i in range(positions.size):
-        p = positions[i]
-        if p == previous + 1:  # the n-gram ending at p is the one ending at p - 1, moved on one id
+    for w in range(starts.size):
+        owner = owners[w]
+        begin = starts[w]
+        top = np.uint64(0)
+        for back in range(min(order - 1, begin)):  # the ids before the window's first position
+            top |= np.uint64(ids[begin - 1 - back]) << np.uint64(bits * back)
+        for p in range(begin, begin + lengths[w]):
             top = ((top << width) | np.uint64(ids[p])) & masks[order]
-        else:
-            top = np.uint64(0)
-            for back in range(min(order, p + 1)):
-                top |= np.uint64(ids[p - back]) << np.uint64(bits * back)
-        previous = p
-        key = top
-        backoff = 0.0
-        result = log_uniform
-        found = False
-        for k in range(order, 0, -1):
-            if k < order:
-                key = key & masks[k]
-            j = k - 1
-            if ngram_key_at[j + 1] > ngram_key_at[j]:
-                index = _find(ngram_slots, ngram_slot_at[j], ngram_keys, ngram_key_at[j], ngram_shift[j], key, 2)
-                if index >= 0:
-                    result = ngram_logp[2 * (ngram_key_at[j] + index) + 1] + backoff
-                    found = True
-                    break
-            if context_key_at[j + 1] > context_key_at[j]:
-                context = key >> width
-                index = _find(
-                    context_slots, context_slot_at[j], context_keys, context_key_at[j], context_shift[j], context, 2
-                )
-                if index >= 0:
-                    backoff += context_log_gamma[2 * (context_key_at[j] + index) + 1]
-        if not found:
-            result = log_uniform + backoff
-        out[i] = result
+            key = top
+            backoff = 0.0
+            result = log_uniform
+            found = False
+            for k in range(order, 0, -1):
+                if k < order:
+                    key = key & masks[k]
+                j = k - 1
+                if ngram_key_at[j + 1] > ngram_key_at[j]:
+                    index = _find(ngram_slots, ngram_slot_at[j], ngram_keys, ngram_key_at[j], ngram_shift[j], key, 2)
+                    if index >= 0:
+                        result = ngram_logp[2 * (ngram_key_at[j] + index) + 1] + backoff
+                        found = True
+                        break
+                if context_key_at[j + 1] > context_key_at[j]:
+                    context = key >> width
+                    index = _find(
+                        context_slots, context_slot_at[j], context_keys, context_key_at[j], context_shift[j], context, 2
+                    )
+                    if index >= 0:
+                        backoff += context_log_gamma[2 * (context_key_at[j] + index) + 1]
+            if not found:
+                result = log_uniform + backoff
+            out[owner] += result
     return out
 
 
@@ -224,33 +226,32 @@ def prepare_windows(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each window w: `pad` code points of context (the last `pad` of its prepared context, NUL-padded
     on the left) then its prepared text, end to end: what `CharNgramLM` scores, as code points. Returns them,
-    the index of every window character (the positions to score) and each window's prepared length."""
-    total = 0
+    and where each prepared window starts and how long it is (its characters are the positions to score)."""
+    size = pad * window_begin.size
     longest_context = 0
     for k in range(window_begin.size):
-        total += window_end[k] - window_begin[k]
+        for i in range(window_begin[k], window_end[k]):
+            size += 2 if cps[i] == _CAPITAL_I_WITH_DOT else 1  # the one character that lowercases to two
         longest_context = max(longest_context, context_end[k] - context_begin[k])
-    out = np.zeros(pad * window_begin.size + 2 * total, dtype=np.uint32)  # "İ" is the only 1 -> 2 character
-    positions = np.empty(2 * total, dtype=np.int64)
+    out = np.empty(size, dtype=np.uint32)
+    starts = np.zeros(window_begin.size, dtype=np.int64)
     lengths = np.zeros(window_begin.size, dtype=np.int64)
     context = np.empty(2 * longest_context + 1, dtype=np.uint32)
     w = 0
-    scored = 0
     for k in range(window_begin.size):
         if pad:
             n = _prepare_into(cps, context_begin[k], context_end[k], lower, props, context, 0)
             kept = min(n, pad)
-            w += pad - kept  # out is zeroed: NUL (BOS) padding
+            for _ in range(pad - kept):  # NUL (BOS) padding
+                out[w] = 0
+                w += 1
             for j in range(n - kept, n):
                 out[w] = context[j]
                 w += 1
-        start = w
+        starts[k] = w
         w = _prepare_into(cps, window_begin[k], window_end[k], lower, props, out, w)
-        lengths[k] = w - start
-        for p in range(start, w):
-            positions[scored] = p
-            scored += 1
-    return out[:w], positions[:scored], lengths
+        lengths[k] = w - starts[k]
+    return out[:w], starts, lengths
 
 
 @njit(cache=True, nogil=True)
@@ -262,18 +263,4 @@ def table_ids(codepoints: np.ndarray, table: np.ndarray) -> np.ndarray:
         if c >= table.size:
             return np.empty(0, dtype=np.uint64)
         out[i] = table[c]
-    return out
-
-
-@njit(cache=True, nogil=True)
-def owner_sums(values: np.ndarray, lengths: np.ndarray, owners: np.ndarray, size: int) -> np.ndarray:
-    """np.bincount(np.repeat(owners, lengths), weights=values, minlength=size), adding in the same order (so
-    the same bits) without building the repeated owners."""
-    out = np.zeros(size)
-    p = 0
-    for k in range(owners.size):
-        owner = owners[k]
-        for _ in range(lengths[k]):
-            out[owner] += values[p]
-            p += 1
     return out

@@ -104,8 +104,8 @@ def _character_tables() -> tuple[np.ndarray, np.ndarray]:
 
 def _prepared_windows(windows: Sequence[tuple[str, str]], pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What the model scores for (context, window) pairs: per pair, the last `pad` characters of the prepared
-    context (NUL-padded on the left), then the prepared window; as code points end to end, with the index of
-    every window character and each prepared window's length. The compiled loop, or `_prepare` per piece."""
+    context (NUL-padded on the left), then the prepared window; as code points end to end, with where each
+    prepared window starts and its length. The compiled loop, or `_prepare` per piece."""
     kernels = _compiled_kernels()
     if kernels is None:
         return _prepared_windows_python(windows, pad)
@@ -128,9 +128,13 @@ def _prepared_windows_python(windows: Sequence[tuple[str, str]], pad: int) -> tu
         lengths.append(len(window))
     out = np.frombuffer("".join(pieces).encode("utf-32-le"), dtype=np.uint32)
     window_lengths = np.array(lengths, dtype=np.int64)
-    layout = np.column_stack([np.full(len(lengths), pad), window_lengths]).ravel()
-    positions = np.flatnonzero(np.repeat(np.tile([False, True], len(lengths)), layout))
-    return out, positions, window_lengths
+    starts = np.cumsum(pad + window_lengths) - window_lengths
+    return out, starts, window_lengths
+
+
+def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Every index of the ranges starts[w] .. starts[w] + lengths[w] - 1, in order."""
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 def _top_keys(ids: np.ndarray, order: int, bits: int) -> np.ndarray:
@@ -359,11 +363,15 @@ class CharNgramLM:
 
     def _log_probs(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """ln P(ids[i] | the order-1 ids before it) for each i in `positions`: the compiled loop (~4x the numpy
-        passes, bit-identical to them), or the numpy passes where numba cannot load."""
+        passes, bit-identical to them), or the numpy passes where numba cannot load. (Scoring sums per document
+        in the same loop, `window_log_prob_sums`, without this per-position array.)"""
         kernels = _compiled_kernels()
         if kernels is None:
             return self._log_probs_numpy(ids, positions)
-        return kernels.log_probs(ids, positions, self.bits, self.order, *self._flat_tables, self._log_uniform)
+        # each position a window of one, owned by itself: its sum is its value (0.0 + x is x)
+        n = len(positions)
+        windows = (positions.astype(np.int64), np.ones(n, dtype=np.int64), np.arange(n, dtype=np.int64), n)
+        return kernels.window_log_prob_sums(ids, *windows, self.bits, self.order, *self._flat_tables, self._log_uniform)
 
     def _log_probs_numpy(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The reference for the compiled loop: one vectorised hash lookup per order."""
@@ -420,15 +428,19 @@ class CharNgramLM:
         sums."""
         if not windows:
             return
-        prepared, positions, window_lengths = _prepared_windows(windows, self.order - 1)
-        values = self._log_probs(self._encode_code_points(prepared), positions)
+        prepared, starts, lengths = _prepared_windows(windows, self.order - 1)
+        ids = self._encode_code_points(prepared)
         owner = np.array(owners, dtype=np.int64)
         kernels = _compiled_kernels()
         if kernels is not None:
-            log_prob_sum += kernels.owner_sums(values, window_lengths, owner, len(log_prob_sum))
+            log_prob_sum += kernels.window_log_prob_sums(
+                ids, starts, lengths, owner, len(log_prob_sum), self.bits, self.order, *self._flat_tables,
+                self._log_uniform,
+            )  # fmt: skip
         else:
-            log_prob_sum += np.bincount(np.repeat(owner, window_lengths), weights=values, minlength=len(log_prob_sum))
-        np.add.at(scored_chars, owner, window_lengths)
+            values = self._log_probs_numpy(ids, _positions(starts, lengths))
+            log_prob_sum += np.bincount(np.repeat(owner, lengths), weights=values, minlength=len(log_prob_sum))
+        np.add.at(scored_chars, owner, lengths)
 
     def perplexity(self, text: str, max_chars_scored: int = 20_000) -> float:
         return float(self.perplexities([text], max_chars_scored)[0])
