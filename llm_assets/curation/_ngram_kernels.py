@@ -1,6 +1,8 @@
-"""Compiled (numba) back-off lookup for the character n-gram model: one loop over the positions instead of two
-numpy hash-table passes per order. `perplexity.CharNgramLM._log_probs_numpy` stays as the reference (tests
-compare both) and as the fallback where numba cannot load.
+"""Compiled (numba) loops for the character n-gram model: the back-off lookup, scored window by window and
+summed per document (`window_log_prob_sums`: one loop over the positions instead of two numpy hash-table
+passes per order), the text preparation that feeds it (`prepare_windows`, `perplexity._prepare` on code
+points), and training's counting. `perplexity.CharNgramLM._log_probs_numpy` and `perplexity._prepare` stay
+as the references (tests compare both) and as the fallback where numba cannot load.
 
 Tables are `_hash_index.HashIndex`es of every order laid end to end (`_Tables`): for order k (1-based, index
 k - 1) its slots are slots[slot_at[k-1] : slot_at[k]] holding indices into keys[key_at[k-1] : key_at[k]].
