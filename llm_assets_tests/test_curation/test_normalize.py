@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import ftfy
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -13,7 +14,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llm_assets.curation.normalize import (
+    _FTFY_CONFIG,
     NormalizeConfig,
+    _fix_text,
     boilerplate_lines,
     count_lines,
     mojibake_candidates,
@@ -83,6 +86,36 @@ def test_mojibake_prefilter_flags_exactly_what_ftfy_flags() -> None:
     lines += [line.encode().decode(rng.choice(encodings), errors="replace") for line in rng.sample(lines, 600)]
     lines += ["\x85 C1", "ªº", "a\u00a0b", "×²", "x\x1cÃ ", "naïve café résumé"]
     assert mojibake_candidates(lines) == [is_bad(line) for line in lines]
+
+
+_MOJIBAKE_PIECES = [
+    "CafÃ© â€œquotedâ€\x9d",
+    "Ð—Ð´Ñ€Ð°Ð²ÐµÐ¹",
+    "smart \x93quotes\x94",
+    "plain ASCII &amp; <b>tags</b> \x1b[31m",
+    "Καλημέρα",
+    "\ud800 lone surrogate",
+    "Ã\xa0 byte A0",
+    "\r",
+    "",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(_MOJIBAKE_PIECES) | st.text(max_size=12), max_size=12), st.sampled_from(["\n", "", " "])
+)
+@example(["CafÃ© â€œ", "plain", "Ð—Ð´Ñ€"], "\n")
+def test_line_wise_mojibake_repair_equals_ftfy(pieces: list[str], joiner: str) -> None:
+    """Only the lines with a non-ASCII character go to ftfy: the text comes out as ftfy makes it."""
+    text = joiner.join(pieces)
+    assert _fix_text(text) == ftfy.fix_text(text, _FTFY_CONFIG)
+
+
+def test_line_wise_mojibake_repair_cuts_long_lines_as_ftfy() -> None:
+    long_line = "x" * (_FTFY_CONFIG.max_decode_length - 3) + "CafÃ© â€œquotedâ€\x9d" * 3
+    text = f"ascii line\n{long_line}\nÐ—Ð´Ñ€Ð°Ð²ÐµÐ¹"
+    assert _fix_text(text) == ftfy.fix_text(text, _FTFY_CONFIG)
 
 
 def test_control_and_invisible_characters_removed_but_joiners_kept() -> None:
