@@ -493,6 +493,9 @@ IBAN_BOUNDS = ["GR16" + "7" * 10, "GR16" + "7" * 11, "x GR16 0110 125" + "0" * 4
 @example(texts=["GR16 " + " ".join("0123456789" * 3), "DE89 3704 0044 0532 0130 00 and 12 345 678"])
 @example(texts=["host fe80::1 and 2001:db8::8a2e:370:7334, Foo::Bar, a:b:c, 1.:.:., x::=y", "::1", "1::", ":a:1"])
 @example(texts=["1:2:3:4:5:6:1.2.3.4 at 12:30:45", "1:2:3:4:5:6:7:8", "fe80::.:1", "::.1", ":.::1"])
+@example(texts=["pi 3.14159265, 12345.678901, 1234567.1, 1.1234567, EL123456.7 a123.4567 (12.3456789 x1.234567y"])
+@example(texts=["GR16 0110 1250 0000 0001 2300 695.123456 and 2024.5 and 0.000001 and 123456.1234567"])
+@example(texts=["tel. 2345678.5x", "ab5.2345678 fax", "call 6945123456.5x now", "EL094014201.5"])  # 7-digit groups
 @given(
     texts=st.lists(
         st.lists(st.sampled_from(SCAN_ALPHABET), max_size=60).map("".join) | st.text(max_size=40) | st.none(),

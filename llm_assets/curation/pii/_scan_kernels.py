@@ -7,12 +7,13 @@ would match, in code-point offsets, so only the candidates reach Python.
 
 Exactly the regexes' matches (tests compare both on generated text): for `_CLUSTER`, the non-overlapping
 matches `finditer` gives, less those too short to be any identifier (under 7 digits and 3 dots: about half the
-clusters of prose, mostly dates and years); for `_IBAN`, every start where it matches (with its end), since
-`_find_ibans` resumes its search at a match's start + 1 or past a token. For IPv6, each maximal run of
-`[0-9A-Fa-f:.]` that holds a `detectors._IPV6_HINT` match, a digit, and "::" or at least six colons: its first
-hint's colon and the run's end (`_find_ipv6` reads only the first hint of a run, and takes an address from
-within that run; one without those holds none, e.g. times like 12:30:45). Every character the patterns name is
-ASCII except U+00A0, the only multi-byte character told apart.
+clusters of prose, mostly dates and years) and decimals with both digit groups under 7 digits (a fifth of the
+rest in technical text), as `detectors._numeric_candidate`; for `_IBAN`, every start where it matches (with its
+end), since `_find_ibans` resumes its search at a match's start + 1 or past a token. For IPv6, each maximal run
+of `[0-9A-Fa-f:.]` that holds a `detectors._IPV6_HINT` match, a digit, and "::" or at least six colons: its
+first hint's colon and the run's end (`_find_ipv6` reads only the first hint of a run, and takes an address
+from within that run; one without those holds none, e.g. times like 12:30:45). Every character the patterns
+name is ASCII except U+00A0, the only multi-byte character told apart.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def _classify(
 @njit(cache=True, nogil=True)
 def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Over the docs data[offsets[d]:offsets[d + 1]]: the `_CLUSTER` matches that can hold an identifier
-    (`detectors._numeric_candidate`: MIN_DIGITS digits or three dots), the `_IBAN` matches and the IPv6
-    candidate runs (first hint's colon, run end) as rows (doc, start, end), sorted by doc then start.
+    (`detectors._numeric_candidate`: MIN_DIGITS digits or three dots, and not a short decimal), the `_IBAN`
+    matches and the IPv6 candidate runs (first hint's colon, run end) as rows (doc, start, end), sorted by doc
+    then start.
 
     Each pass visits only the marked positions (`_classify`), so prose costs one classifying read."""
     n_docs = offsets.size - 1
@@ -126,6 +128,8 @@ def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np
             last_digit = -1
             digits = 1 if kind[i] == DIGIT else 0
             dots = dots_to_last_digit = 0
+            others = others_to_last_digit = 0 if kind[i] == DIGIT else 1  # neither digit nor dot
+            first_group = -1  # digits before the first dot
             while j < n:
                 c = kind[j]
                 if not (_JOINS[c] or (_SPACES[c] and not (j + 1 < n and _SPACES[kind[j + 1]]))):
@@ -134,10 +138,21 @@ def scan(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray) -> tuple[np
                     last_digit = j
                     digits += 1
                     dots_to_last_digit = dots
+                    others_to_last_digit = others
                 elif c == DOT:
+                    if dots == 0:
+                        first_group = digits
                     dots += 1
+                else:
+                    others += 1
                 j += 1
-            if last_digit >= i + 6 and (digits >= MIN_DIGITS or dots_to_last_digit >= 3):
+            decimal = (
+                dots_to_last_digit == 1
+                and others_to_last_digit == 0
+                and first_group < MIN_DIGITS
+                and digits - first_group < MIN_DIGITS
+            )
+            if last_digit >= i + 6 and (digits >= MIN_DIGITS or dots_to_last_digit >= 3) and not decimal:
                 clusters[n_clusters, 0] = d
                 clusters[n_clusters, 1] = i
                 clusters[n_clusters, 2] = last_digit + 1

@@ -383,9 +383,15 @@ def _find_ipv6(text: str, found: list[Detection], hints: list[tuple[int, int]] |
 
 
 def _numeric_candidate(cluster: str) -> bool:
-    """Whether a `_CLUSTER` match can hold an identifier: 7+ digits, or 3 dots (a dotted IPv4). Trimming it
-    only removes characters, and `_find_numeric` classifies nothing with fewer (the compiled prescan drops the
-    rest before they reach Python)."""
+    """Whether a `_CLUSTER` match can hold an identifier: 7+ digits, or 3 dots (a dotted IPv4), and not a
+    decimal whose two digit groups are both under 7 digits ("3.14159265", "12345.678901": a fifth of the
+    clusters of technical prose). Trimming a cluster only removes characters, and `_find_numeric` classifies
+    nothing with fewer digits, nor a decimal or what trimming leaves of one (a digit group or a shorter
+    decimal), so the compiled prescan drops these before they reach Python; a test compares detections with
+    and without the cut."""
+    head, dot, tail = cluster.partition(".")
+    if dot and head.isdigit() and tail.isdigit() and len(head) < _MIN_DIGITS and len(tail) < _MIN_DIGITS:
+        return False
     return len(cluster.translate(_DROP_SEPARATORS)) >= _MIN_DIGITS or cluster.count(".") >= 3
 
 
